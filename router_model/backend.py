@@ -1,0 +1,50 @@
+"""The contract every routing backend implements, and the decision it returns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from router_model.routes import RouteSet
+
+Message = Mapping[str, Any]
+
+
+class RouterError(Exception):
+    """A backend could not produce a decision (model missing, engine failure, upstream error)."""
+
+
+class RouterModelMissing(RouterError):
+    """The model files a backend needs are not there."""
+
+
+class RouterUpstreamError(RouterError):
+    """An HTTP router endpoint failed (connect error, timeout, non-2xx status, unreadable body)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One routing decision. `route` is None when the model answered `other` or nothing usable."""
+
+    route: str | None
+    latency_ms: float
+    backend: str
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    steps: int = 0
+    raw: str | None = None
+    scores: Mapping[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class RouterBackend(Protocol):
+    """What the proxy's routing plugin calls. Implementations never block the event loop."""
+
+    name: str
+
+    async def decide(self, messages: Sequence[Message], routes: RouteSet | None = None) -> Decision:
+        """Picks a route for the conversation; `routes` overrides the set the backend was built with."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,156 @@
+"""Decoding strategies over the engine: exact trie search, full candidate scoring, and free generation."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from router_model.engine import OnnxCausalLM, PastKV
+from router_model.trie import TokenTrie, TrieNode
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+@dataclass(frozen=True)
+class TrieResult:
+    candidate: str
+    logprob: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Left-padded per-request tokens behind a shared cached prefix."""
+
+    past: PastKV
+    logits: np.ndarray  # [batch, vocab] after the last real token of each row
+    mask: np.ndarray  # [batch, past.length] which cached positions each row attends to
+    next_position: np.ndarray  # [batch] position id of each row's next token
+
+
+def prefill(
+    engine: OnnxCausalLM, prefix: PastKV | None, rows: Sequence[Sequence[int]], pad_id: int
+) -> Batch:
+    """Feeds each row after the (shared, batch-sized) prefix cache in one forward, left-padding short rows."""
+    batch = len(rows)
+    prefix_len = prefix.length if prefix is not None else 0
+    width = max(len(r) for r in rows)
+    ids = np.full((batch, width), pad_id, dtype=np.int64)
+    mask = np.zeros((batch, prefix_len + width), dtype=np.int64)
+    mask[:, :prefix_len] = 1
+    positions = np.full((batch, width), prefix_len, dtype=np.int64)
+    for i, row in enumerate(rows):
+        start = width - len(row)
+        ids[i, start:] = row
+        mask[i, prefix_len + start :] = 1
+        positions[i, start:] = np.arange(prefix_len, prefix_len + len(row))
+    logits, past = engine.forward(ids, prefix, mask, positions)
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    return Batch(past, logits, mask, prefix_len + lengths)
+
+
+def trie_search(engine: OnnxCausalLM, batch: Batch, trie: TokenTrie, pad_id: int) -> list[TrieResult]:
+    """Per row, the candidate with the highest total log-probability, found by best-first search.
+
+    Log-probabilities only fall as a path grows, so the first complete candidate popped from the frontier is
+    the exact argmax over all candidates (the answer full teacher-forced scoring gives), usually after one
+    forward per token of the winner. Rows advance in lockstep, one token each per forward; a row's attention
+    mask admits only the steps on its current path, so rows may backtrack into other branches freely.
+    """
+    rows = batch.logits.shape[0]
+    counter = itertools.count()
+    frontiers: list[list[tuple[float, int, TrieNode, bool]]] = [[] for _ in range(rows)]
+    step_of: list[dict[int, int]] = [{} for _ in range(rows)]  # id(node) -> step column where it was fed
+    results: list[TrieResult | None] = [None] * rows
+
+    def push_children(row: int, node: TrieNode, base: float, logp: np.ndarray) -> None:
+        for tok, child in node.children.items():
+            score = base + float(logp[tok])
+            if child.candidate is not None:
+                heapq.heappush(frontiers[row], (-score, next(counter), child, True))
+            if child.children:
+                heapq.heappush(frontiers[row], (-score, next(counter), child, False))
+
+    first = log_softmax(batch.logits)
+    for row in range(rows):
+        push_children(row, trie.root, 0.0, first[row])
+
+    past, mask, steps = batch.past, batch.mask, 0
+    while True:
+        expand: list[tuple[TrieNode, float] | None] = [None] * rows
+        for row in range(rows):
+            if results[row] is not None:
+                continue
+            neg, _, node, complete = heapq.heappop(frontiers[row])
+            if complete:
+                results[row] = TrieResult(str(node.candidate), -neg, steps)
+            else:
+                expand[row] = (node, -neg)
+        if all(e is None for e in expand):
+            break
+        ids = np.full((rows, 1), pad_id, dtype=np.int64)
+        positions = np.zeros((rows, 1), dtype=np.int64)
+        column = np.zeros((rows, 1), dtype=np.int64)
+        mask = np.concatenate([mask, column], axis=1)
+        for row, item in enumerate(expand):
+            if item is None:
+                continue
+            node, _ = item
+            ids[row, 0] = node.token
+            positions[row, 0] = batch.next_position[row] + node.depth - 1
+            # This row sees its cached prompt plus exactly the steps that fed this node's ancestors.
+            mask[row, batch.mask.shape[1] :] = 0
+            for ancestor in node.path():
+                if ancestor is not node:
+                    mask[row, step_of[row][id(ancestor)]] = 1
+            mask[row, -1] = 1
+            step_of[row][id(node)] = mask.shape[1] - 1
+        logits, past = engine.forward(ids, past, mask, positions)
+        steps += 1
+        logp = log_softmax(logits)
+        for row, item in enumerate(expand):
+            if item is not None:
+                push_children(row, item[0], item[1], logp[row])
+    return [r for r in results if r is not None]
+
+
+def score_full(engine: OnnxCausalLM, prompt: Sequence[int], candidates: Mapping[str, Sequence[int]]) -> dict[str, float]:
+    """Teacher-forced log-probability of every candidate, each token scored by an uncached forward.
+
+    Slow on purpose: it shares no cache or search with `trie_search`, so it can check it.
+    """
+    scores: dict[str, float] = {}
+    for name, tokens in candidates.items():
+        total = 0.0
+        for i, tok in enumerate(tokens):
+            ids = np.array([[*prompt, *tokens[:i]]], dtype=np.int64)
+            logits, _ = engine.forward(ids)
+            total += float(log_softmax(logits)[0, tok])
+        scores[name] = total
+    return scores
+
+
+def generate(
+    engine: OnnxCausalLM,
+    prompt: Sequence[int],
+    prefix: PastKV | None,
+    eos_ids: Collection[int],
+    max_new_tokens: int,
+) -> list[int]:
+    """Greedy free generation after `prefix` (may be None) and `prompt`, stopping at an EOS token."""
+    logits, past = engine.forward(np.array([list(prompt)], dtype=np.int64), prefix)
+    out: list[int] = []
+    while len(out) < max_new_tokens:
+        tok = int(np.argmax(logits[0]))
+        if tok in eos_ids:
+            break
+        out.append(tok)
+        logits, past = engine.forward(np.array([[tok]], dtype=np.int64), past)
+    return out

@@ -1,0 +1,186 @@
+"""ONNX Runtime session over an optimum causal-LM export: one forward step with an explicit KV cache."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import io
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from router_model.backend import RouterModelMissing
+
+logger = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+DEFAULT_PROVIDERS = (CUDA, CPU)
+
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def cuda_loadable() -> bool:
+    """Whether the CUDA execution provider can load, found without ORT's loud error output."""
+    if CUDA not in ort.get_available_providers():
+        return False
+    if hasattr(ort, "preload_dlls") and importlib.util.find_spec("nvidia") is not None:
+        # CUDA and cuDNN from pip-installed nvidia-* wheels; preload_dlls reports failures on stdout.
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                ort.preload_dlls(directory="")
+            except Exception:  # noqa: BLE001 - probing only: any failure means "no CUDA"
+                return False
+    lib = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    if os.name == "posix" and lib.is_file():
+        try:
+            ctypes.CDLL(str(lib))
+        except OSError:
+            return False
+    return True
+
+
+def resolve_providers(preference: Sequence[str] | None) -> list[str]:
+    """The preferred providers that can actually run here, CPU always last as the fallback."""
+    wanted = list(preference or DEFAULT_PROVIDERS)
+    out = [p for p in wanted if p != CUDA or cuda_loadable()]
+    out = [p for p in out if p in ort.get_available_providers()]
+    if CPU not in out:
+        out.append(CPU)
+    return out
+
+
+@dataclass(frozen=True)
+class PastKV:
+    """Per-layer key/value tensors (numpy arrays on CPU, OrtValues on the device) and their length.
+
+    Read-only: a forward returns a new PastKV (the graph concatenates), so one prefix can feed many requests.
+    """
+
+    values: tuple[Any, ...]
+    length: int
+    batch: int
+
+
+class OnnxCausalLM:
+    """A causal LM exported by optimum with `text-generation-with-past`."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int | None = None,
+        device_id: int = 0,
+    ) -> None:
+        path = Path(model_dir) / "model.onnx"
+        if not path.is_file():
+            raise RouterModelMissing(f"{path} not found: export the router model first (outerloop router export)")
+        wanted = list(providers or DEFAULT_PROVIDERS)
+        resolved = resolve_providers(wanted)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        provider_options = [{"device_id": str(device_id)} if p == CUDA else {} for p in resolved]
+        # Keep ORT's default logger quiet while CUDA is tried; a failed load is reported in one line below.
+        ort.set_default_logger_severity(4)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=resolved, provider_options=provider_options)
+        except Exception:  # noqa: BLE001 - any CUDA session failure falls back to the CPU provider
+            if resolved == [CPU]:
+                raise
+            self.session = ort.InferenceSession(str(path), options, providers=[CPU])
+        finally:
+            ort.set_default_logger_severity(2)
+        self.provider = self.session.get_providers()[0]
+        if CUDA in wanted and self.provider != CUDA:
+            logger.warning("router model: CUDA execution provider unavailable, running on %s", self.provider)
+        else:
+            logger.info("router model: running on %s", self.provider)
+        self.on_device = self.provider == CUDA
+        self.device_id = device_id
+
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self._past_names = sorted(
+            (n for n in inputs if n.startswith("past_key_values.")),
+            key=lambda n: (int(n.split(".")[1]), n.endswith(".value")),
+        )
+        self._present_names = [n.replace("past_key_values.", "present.") for n in self._past_names]
+        self._has_position_ids = "position_ids" in inputs
+        first = inputs[self._past_names[0]]
+        self.num_layers = len(self._past_names) // 2
+        self.kv_heads = int(first.shape[1])
+        self.head_dim = int(first.shape[3])
+        self.kv_dtype = _ORT_DTYPES[first.type]
+        logits_shape = next(o for o in self.session.get_outputs() if o.name == "logits").shape
+        self.vocab_size = int(logits_shape[2])
+
+    def empty_past(self, batch: int) -> PastKV:
+        shape = (batch, self.kv_heads, 0, self.head_dim)
+        if self.on_device:
+            empty = tuple(
+                ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype, "cuda", self.device_id)
+                for _ in self._past_names
+            )
+        else:
+            empty = tuple(np.zeros(shape, dtype=self.kv_dtype) for _ in self._past_names)
+        return PastKV(empty, 0, batch)
+
+    def forward(
+        self,
+        input_ids: np.ndarray,
+        past: PastKV | None = None,
+        attention_mask: np.ndarray | None = None,
+        position_ids: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, PastKV]:
+        """Runs input_ids [batch, seq] after `past`; returns last-position logits [batch, vocab] (float32)."""
+        batch, seq = input_ids.shape
+        past = past or self.empty_past(batch)
+        if past.batch != batch:
+            raise ValueError(f"past has batch {past.batch}, input has batch {batch}")
+        total = past.length + seq
+        if attention_mask is None:
+            attention_mask = np.ones((batch, total), dtype=np.int64)
+        if position_ids is None:
+            position_ids = np.broadcast_to(np.arange(past.length, total, dtype=np.int64), (batch, seq))
+        feeds: dict[str, Any] = {
+            "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+            "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
+        }
+        if self._has_position_ids:
+            feeds["position_ids"] = np.ascontiguousarray(position_ids, dtype=np.int64)
+        if self.on_device:
+            logits, present = self._run_bound(feeds, past)
+        else:
+            feeds.update(zip(self._past_names, past.values, strict=True))
+            outputs = self.session.run(["logits", *self._present_names], feeds)
+            logits, present = outputs[0], tuple(outputs[1:])
+        return np.asarray(logits[:, -1, :], dtype=np.float32), PastKV(present, total, batch)
+
+    def _run_bound(self, feeds: dict[str, np.ndarray], past: PastKV) -> tuple[np.ndarray, tuple[Any, ...]]:
+        # IO binding keeps the KV cache on the GPU between steps: past tensors are the previous step's device
+        # outputs, presents are allocated on the device, and only the (last-position) logits come back to host.
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", self.device_id))
+        for name, value in zip(self._past_names, past.values, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name in self._present_names:
+            binding.bind_output(name, "cuda", self.device_id)
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        return outputs[0].numpy(), tuple(outputs[1:])
+
+    def repeat_past(self, past: PastKV, batch: int) -> PastKV:
+        """`past` (batch 1) repeated `batch` times. CPU only: on the device, prefill a batched prefix instead."""
+        if past.batch != 1 or self.on_device:
+            raise ValueError("repeat_past needs a batch-1 host KV cache")
+        return PastKV(tuple(np.repeat(v, batch, axis=0) for v in past.values), past.length, batch)

@@ -1,0 +1,238 @@
+"""The `onnx` routing backend: a router model on ONNX Runtime with a prefix KV cache and a trie decoder."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from router_model.backend import Decision, Message, RouterError
+from router_model.decoder import generate, prefill, score_full, trie_search
+from router_model.engine import OnnxCausalLM, PastKV
+from router_model.kv_cache import PrefixCache
+from router_model.prompts import PromptBuilder, RenderedPrompt, get_profile
+from router_model.routes import OTHER, Route, RouteSet
+from router_model.tokenizer import RouterTokenizer
+from router_model.trie import TokenTrie
+
+# "trie": cached prefix + constrained trie search (the fast path); "prefix": cached prefix + free generation;
+# "free": the whole prompt prefilled and the whole answer generated, as Plano serves Arch-Router.
+Mode = Literal["trie", "prefix", "free"]
+
+_Pending = tuple[Sequence[Message], RouteSet, "asyncio.Future[Decision]", float]
+
+
+class OnnxRouter:
+    """Routes conversations with a local router model. Build once, share across requests."""
+
+    name = "onnx"
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        routes: Iterable[Route | Mapping[str, str]] | RouteSet,
+        profile: str = "arch-router",
+        providers: Sequence[str] | None = None,
+        max_conversation_tokens: int = 2048,
+        mode: Mode = "trie",
+        max_batch: int | None = None,
+        max_new_tokens: int = 32,
+        intra_op_threads: int | None = None,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.routes = RouteSet.of(routes)
+        self.engine = OnnxCausalLM(self.model_dir, providers=providers, intra_op_threads=intra_op_threads)
+        self.tokenizer = RouterTokenizer.from_dir(self.model_dir)
+        self.prompts = PromptBuilder(get_profile(profile), self.tokenizer, max_conversation_tokens)
+        self.mode: Mode = mode
+        # Batching pays on the GPU, where a forward of 8 rows costs about what one row costs; on a CPU the
+        # FLOPs simply add up, so by default requests there run one at a time.
+        self.max_batch = max_batch if max_batch is not None else (32 if self.engine.on_device else 1)
+        self.max_new_tokens = max_new_tokens
+        self.prefix_cache = PrefixCache()
+        self._tries: dict[str, TokenTrie] = {}
+        # One inference thread: ORT already uses every core for a single run, and one thread keeps batches whole.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-model")
+        self._lock = threading.Lock()
+        self._pending: list[_Pending] = []
+        self._draining = False
+
+    @property
+    def provider(self) -> str:
+        return self.engine.provider
+
+    # -- building blocks -------------------------------------------------------------------------------------
+
+    def trie(self, routes: RouteSet) -> TokenTrie:
+        trie = self._tries.get(routes.key)
+        if trie is None:
+            trie = self._tries[routes.key] = TokenTrie(self.prompts.candidates(routes))
+        return trie
+
+    def prefix_kv(self, routes: RouteSet, batch: int = 1) -> PastKV:
+        prefix = self.prompts.prefix(routes)
+
+        def build() -> PastKV:
+            if batch > 1 and not self.engine.on_device:
+                return self.engine.repeat_past(self.prefix_kv(routes, 1), batch)
+            # On the device a batched prefix is prefilled directly: cheaper than copying KV through the host.
+            ids = np.tile(np.array([prefix.ids], dtype=np.int64), (batch, 1))
+            return self.engine.forward(ids)[1]
+
+        return self.prefix_cache.get(routes.key, batch, build)
+
+    def render(self, messages: Sequence[Message], routes: RouteSet | None = None) -> RenderedPrompt:
+        return self.prompts.render(messages, routes or self.routes)
+
+    def remainder_ids(self, rendered: RenderedPrompt, forced: bool) -> list[int]:
+        suffix = self.prompts.profile.answer_prefix if forced else ""
+        return self.tokenizer.encode(rendered.remainder + suffix)
+
+    # -- synchronous decisions (run these off the event loop) -------------------------------------------------
+
+    def decide_sync(self, messages: Sequence[Message], routes: RouteSet | None = None, mode: Mode | None = None) -> Decision:
+        return self.decide_batch_sync([messages], routes, mode)[0]
+
+    def decide_batch_sync(
+        self, conversations: Sequence[Sequence[Message]], routes: RouteSet | None = None, mode: Mode | None = None
+    ) -> list[Decision]:
+        routes = routes or self.routes
+        mode = mode or self.mode
+        start = time.perf_counter()
+        try:
+            rendered = [self.render(m, routes) for m in conversations]
+            if mode == "trie":
+                return self._decide_trie(rendered, routes, start)
+            return [self._decide_generate(r, routes, mode, start) for r in rendered]
+        except RouterError:
+            raise
+        except Exception as exc:  # an engine failure must reach the caller as a router error, not a crash
+            raise RouterError(f"router model failed: {exc}") from exc
+
+    def _decide_trie(self, rendered: list[RenderedPrompt], routes: RouteSet, start: float) -> list[Decision]:
+        rows = [self.remainder_ids(r, forced=True) for r in rendered]
+        prefix = self.prefix_kv(routes, len(rows))
+        batch = prefill(self.engine, prefix, rows, self.tokenizer.info.pad_id)
+        results = trie_search(self.engine, batch, self.trie(routes), self.tokenizer.info.pad_id)
+        elapsed = (time.perf_counter() - start) * 1000
+        decisions = []
+        for r, row, res in zip(rendered, rows, results, strict=True):
+            route = None if res.candidate == OTHER else res.candidate
+            decisions.append(
+                Decision(
+                    route=route,
+                    latency_ms=elapsed,
+                    backend=self.name,
+                    prompt_tokens=len(r.prefix.ids) + len(row),
+                    cached_tokens=len(r.prefix.ids),
+                    steps=res.steps + 1,
+                    raw=self.prompts.profile.answer_prefix + self.prompts.profile.continuation(res.candidate),
+                    scores={res.candidate: res.logprob},
+                )
+            )
+        return decisions
+
+    def _decide_generate(self, rendered: RenderedPrompt, routes: RouteSet, mode: Mode, start: float) -> Decision:
+        if mode == "prefix":
+            prefix: PastKV | None = self.prefix_kv(routes)
+            prompt = self.remainder_ids(rendered, forced=False)
+            cached = len(rendered.prefix.ids)
+        else:
+            prefix, prompt, cached = None, self.tokenizer.encode(rendered.text), 0
+        out = generate(self.engine, prompt, prefix, self.tokenizer.info.eos_ids, self.max_new_tokens)
+        answer = self.tokenizer.decode(out)
+        return Decision(
+            route=self.prompts.profile.parse(answer, routes),
+            latency_ms=(time.perf_counter() - start) * 1000,
+            backend=self.name,
+            prompt_tokens=cached + len(prompt),
+            cached_tokens=cached,
+            steps=len(out) + 1,
+            raw=answer,
+        )
+
+    def score_candidates(self, messages: Sequence[Message], routes: RouteSet | None = None) -> dict[str, float]:
+        """Full teacher-forced score of every candidate without any cache: the reference for the trie path."""
+        routes = routes or self.routes
+        rendered = self.render(messages, routes)
+        prompt = self.tokenizer.encode(rendered.text + self.prompts.profile.answer_prefix)
+        return score_full(self.engine, prompt, self.prompts.candidates(routes))
+
+    def next_token_logits(self, messages: Sequence[Message], cached: bool, routes: RouteSet | None = None) -> np.ndarray:
+        """Logits after the forced answer prefix, with or without the prefix cache (for parity checks)."""
+        routes = routes or self.routes
+        rendered = self.render(messages, routes)
+        if cached:
+            logits, _ = self.engine.forward(
+                np.array([self.remainder_ids(rendered, forced=True)], dtype=np.int64), self.prefix_kv(routes)
+            )
+        else:
+            ids = self.tokenizer.encode(rendered.text + self.prompts.profile.answer_prefix)
+            logits, _ = self.engine.forward(np.array([ids], dtype=np.int64))
+        return logits[0]
+
+    # -- async API ------------------------------------------------------------------------------------------
+
+    async def decide(self, messages: Sequence[Message], routes: RouteSet | None = None) -> Decision:
+        """Decides off the event loop; requests that arrive while the model is busy share the next forward."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Decision] = loop.create_future()
+        with self._lock:
+            self._pending.append((messages, routes or self.routes, future, time.perf_counter()))
+            start_worker = not self._draining
+            self._draining = True
+        if start_worker:
+            loop.run_in_executor(self._pool, self._drain, loop)
+        return await future
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._draining = False
+                    return
+                # One batch per route set: rows of a batch share one prefix cache.
+                key = self._pending[0][1].key
+                take = [p for p in self._pending if p[1].key == key][: self.max_batch]
+                self._pending = [p for p in self._pending if all(p is not t for t in take)]
+            try:
+                decisions = self.decide_batch_sync([p[0] for p in take], take[0][1])
+            except Exception as exc:  # noqa: BLE001 - delivered to every waiting caller
+                for _, _, fut, _ in take:
+                    loop.call_soon_threadsafe(_set_exception, fut, exc)
+                continue
+            now = time.perf_counter()
+            for (_, _, fut, enqueued), decision in zip(take, decisions, strict=True):
+                total = dataclasses.replace(decision, latency_ms=(now - enqueued) * 1000)
+                loop.call_soon_threadsafe(_set_result, fut, total)
+
+    async def aclose(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _set_result(fut: asyncio.Future[Decision], value: Decision) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future[Decision], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+def describe(router: OnnxRouter) -> dict[str, Any]:
+    """Facts about a loaded router for logs and span attributes."""
+    return {
+        "backend": router.name,
+        "provider": router.provider,
+        "profile": router.prompts.profile.name,
+        "routes": list(router.routes.names),
+        "max_batch": router.max_batch,
+    }
