@@ -1,0 +1,203 @@
+"""The ASGI app: listeners' chains built from config, the proxy and info endpoints, lifespan of plugins."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route, Router
+
+from core.asgi import ASGIApp, Receive, Scope, Send
+from core.chain import Chain
+from core.config import Config, Listener
+from core.config_loader import load_config
+from core.errors import ConfigError, error_body
+from core.filter import FilterContext
+from core.plugins import Registry, build_registry
+from core.providers import Adapter
+from core.providers.openai import OpenAIAdapter
+from core.proxy import ProxyEndpoint
+from core.responses import send_body
+from core.upstream import Upstreams
+
+log = logging.getLogger("outerloop")
+
+
+@dataclass(frozen=True)
+class ListenerChain:
+    listener: str
+    chain: Chain
+
+
+class Runtime:
+    """Everything built once from a config and shared by all requests of one worker process."""
+
+    def __init__(self, config: Config, registry: Registry) -> None:
+        if registry.problems:
+            raise ConfigError([f"{config.source}: plugins: {p}" for p in registry.problems])
+        self.config = config
+        self.registry = registry
+        self.upstreams = Upstreams(config)
+        self.timeouts = {
+            p.model: {"connect": p.connect_timeout, "read": p.read_timeout, "write": p.read_timeout,
+                      "pool": p.connect_timeout}
+            for p in config.model_providers
+        }
+        self.chains = [ListenerChain(listener.name, self._build_chain(listener)) for listener in config.listeners]
+        self._by_port = {listener.port: chain for listener, chain in zip(config.listeners, self.chains)}
+        self._adapters: dict[tuple[str, str], Adapter] = {}
+        openai = OpenAIAdapter()
+        for upstream_api in ("openai", "demo"):
+            self._adapters[("openai", upstream_api)] = openai
+
+    def _build_chain(self, listener: Listener) -> Chain:
+        filters = []
+        for spec in listener.filters:
+            entry = self.registry.filters[spec.name]
+            flt = entry.factory(spec.config, FilterContext(self.config, listener))
+            flt.name = spec.name
+            filters.append(flt)
+        return Chain(filters)
+
+    def chain_for(self, scope: Scope) -> ListenerChain:
+        """The listener a request arrived on, by local port; the first one under a foreign bind."""
+        server = scope.get("server")
+        if server is not None:
+            found = self._by_port.get(server[1])
+            if found is not None:
+                return found
+        return self.chains[0]
+
+    def adapter(self, client_api: str, upstream_api: str) -> Adapter:
+        adapter = self._adapters.get((client_api, upstream_api))
+        if adapter is None:
+            adapter = self._load_adapter(client_api, upstream_api)
+            self._adapters[(client_api, upstream_api)] = adapter
+        return adapter
+
+    def _load_adapter(self, client_api: str, upstream_api: str) -> Adapter:
+        from core.providers import anthropic_upstream
+
+        return anthropic_upstream.adapter(client_api, upstream_api)
+
+    async def startup(self) -> None:
+        await self.registry.startup(self.config)
+        for item in self.chains:
+            await item.chain.start()
+
+    async def shutdown(self) -> None:
+        for item in self.chains:
+            await item.chain.close()
+        await self.upstreams.aclose()
+        await self.registry.shutdown(self.config)
+
+
+class App:
+    """The ASGI application: starlette routing, proxy endpoints in pure ASGI, lifespan for plugins."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        # Each listener's server runs the lifespan protocol; the runtime starts on the first and stops
+        # after the last, so every listener waits for one shared startup.
+        self._lifespans = 0
+        self._started: asyncio.Future[None] | None = None
+        routes: list[BaseRoute] = [
+            Route("/v1/chat/completions", ProxyEndpoint(runtime, "openai")),
+            Route("/chat/completions", ProxyEndpoint(runtime, "openai")),
+            Route("/v1/messages", ProxyEndpoint(runtime, "anthropic")),
+            Route("/v1/models", _get_only(self.models)),
+            Route("/healthz", _get_only(self.healthz)),
+        ]
+        for entry in runtime.registry.routes(runtime.config):
+            routes.append(Route(entry.path, entry.endpoint, methods=list(entry.methods)))
+        self.router = Router(routes=routes, default=_not_found)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        scope["outerloop.runtime"] = self.runtime
+        await self.router(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._lifespans += 1
+                try:
+                    if self._started is None:
+                        self._started = asyncio.get_running_loop().create_future()
+                        try:
+                            await self.runtime.startup()
+                        except BaseException as exc:
+                            self._started.set_exception(exc)
+                            raise
+                        self._started.set_result(None)
+                    else:
+                        await asyncio.shield(self._started)
+                except Exception as exc:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self._lifespans -= 1
+                try:
+                    if self._lifespans == 0:
+                        await self.runtime.shutdown()
+                finally:
+                    await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def models(self, request: Request) -> Response:
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": name.partition("/")[0]}
+            for name in [*self.runtime.upstreams.names(), *self.runtime.config.model_aliases]
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "listeners": [c.listener for c in self.runtime.chains]})
+
+
+class _get_only:  # noqa: N801 - used like a decorator
+    """A GET endpoint answering other methods with a 405 in OpenAI's error shape (starlette's is plain text)."""
+
+    def __init__(self, endpoint: Callable[[Request], Any]) -> None:
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            body = error_body("openai", 405, f"method {scope['method']} not allowed on {scope['path']}; use GET",
+                              "method_not_allowed")
+            await send_body(send, 405, body, [(b"allow", b"GET, HEAD")])
+            return
+        response = await self.endpoint(Request(scope, receive))
+        await response(scope, receive, send)
+
+
+async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    api = "anthropic" if scope["path"].startswith("/v1/messages") else "openai"
+    await send_body(send, 404, error_body(api, 404, f"no endpoint {scope['path']}", "not_found"))
+
+
+def build_app(config: Config, registry: Registry) -> ASGIApp:
+    app: ASGIApp = App(Runtime(config, registry))
+    for impl in registry.manager.hook.outerloop_wrap_app.get_hookimpls():
+        app = impl.function(app=app, config=config) or app
+    return app
+
+
+def create_app(config_path: str | None = None) -> ASGIApp:
+    """Factory for ASGI servers: `hypercorn 'core.app:create_app()'` reads OUTERLOOP_CONFIG."""
+    path = config_path or os.environ.get("OUTERLOOP_CONFIG", "configs/default.yaml")
+    registry = build_registry()
+    return build_app(load_config(path, registry), registry)

@@ -1,0 +1,80 @@
+"""A listener's filter chain: requests forward in YAML order, responses in reverse, on_complete always."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from core.filter import Filter, LocalReply
+from core.flow import Flow
+
+log = logging.getLogger("outerloop.chain")
+
+
+def _overrides(flt: Filter, phase: str) -> bool:
+    return getattr(type(flt), phase) is not getattr(Filter, phase)
+
+
+class Chain:
+    """Runs each phase over only the filters that implement it, so unused phases cost nothing."""
+
+    def __init__(self, filters: Sequence[Filter]) -> None:
+        self.filters = list(filters)
+        backwards = self.filters[::-1]
+        self._request = [f for f in self.filters if _overrides(f, "on_request")]
+        self._response = [f for f in backwards if _overrides(f, "on_response")]
+        self._chunk = [f for f in backwards if _overrides(f, "on_response_chunk")]
+        self._complete = [f for f in backwards if _overrides(f, "on_complete")]
+        #: True when some filter must see whole response bodies (the core buffers under a cap).
+        self.buffers_response = any(f.buffers_response for f in self.filters)
+
+    @property
+    def inspects_body(self) -> bool:
+        return bool(self._chunk)
+
+    async def on_request(self, flow: Flow) -> LocalReply | None:
+        for flt in self._request:
+            reply = await flt.on_request(flow)
+            if reply is not None:
+                flow.details = reply.details
+                return reply
+        return None
+
+    async def on_response(self, flow: Flow) -> LocalReply | None:
+        for flt in self._response:
+            reply = await flt.on_response(flow)
+            if reply is not None:
+                flow.details = reply.details
+                return reply
+        return None
+
+    async def on_response_chunk(self, flow: Flow, chunk: bytes, end: bool) -> bytes | LocalReply:
+        for flt in self._chunk:
+            out = await flt.on_response_chunk(flow, chunk, end)
+            if isinstance(out, LocalReply):
+                flow.details = out.details
+                return out
+            chunk = out
+            # A filter holding bytes back still gets later filters' end-of-stream call.
+            if not chunk and not end:
+                return b""
+        return chunk
+
+    async def on_complete(self, flow: Flow, error: BaseException | None) -> None:
+        for flt in self._complete:
+            try:
+                await flt.on_complete(flow, error)
+            except Exception:
+                # on_complete is bookkeeping: one failing filter must not skip the others' cleanup.
+                log.exception("filter %s failed in on_complete (request %s)", flt.name, flow.request_id)
+
+    async def start(self) -> None:
+        for flt in self.filters:
+            await flt.start()
+
+    async def close(self) -> None:
+        for flt in self.filters:
+            try:
+                await flt.close()
+            except Exception:
+                log.exception("filter %s failed to close", flt.name)

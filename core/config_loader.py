@@ -1,0 +1,241 @@
+"""Loads one YAML config: env expansion, validation by core and plugin models, errors naming file, path, reason."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from core.config import Config, FilterSpec
+from core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from core.plugins import Registry
+
+_ENV_REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*)|\$)")
+# Inputs at these keys are never echoed back in an error message.
+_SECRET_KEY = re.compile(r"(key|secret|token|password|credential)", re.IGNORECASE)
+
+_EXPECTED = {
+    "missing": "a value (this field is required)",
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+
+
+def format_path(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind in _EXPECTED:
+        expected = _EXPECTED[kind]
+    elif kind == "greater_than":
+        expected = "a positive number" if ctx.get("gt") == 0 else f"a value greater than {ctx.get('gt')}"
+    elif kind == "greater_than_equal":
+        expected = f"a value of at least {ctx.get('ge')}"
+    elif kind in ("less_than", "less_than_equal"):
+        expected = f"a value of at most {ctx.get('lt', ctx.get('le'))}"
+    elif kind == "literal_error":
+        expected = f"one of {ctx.get('expected')}"
+    elif kind == "too_short":
+        expected = f"at least {ctx.get('min_length')} item(s)"
+    elif kind == "string_too_short":
+        expected = "a non-empty string"
+    elif kind in ("value_error", "assertion_error"):
+        return str(ctx.get("error", error.get("msg", "")))
+    else:
+        expected = str(error.get("msg", kind)).lower()
+    return f"expected {expected}"
+
+
+def _got(error: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
+    if error["type"] in ("missing", "extra_forbidden") or "input" not in error:
+        return ""
+    if any(isinstance(part, str) and _SECRET_KEY.search(part) for part in loc):
+        return ""
+    value = error["input"]
+    if isinstance(value, (dict, list)):
+        return f", got a {type(value).__name__}"
+    text = json.dumps(value, default=str)
+    return f", got {text[:80]}"
+
+
+def validation_problems(source: str, prefix: tuple[int | str, ...], exc: ValidationError) -> list[str]:
+    problems = []
+    for error in exc.errors():
+        # Drop pydantic's internal steps (function-after[...], union tags) from the path.
+        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function"))))
+        path = format_path(prefix + loc)
+        problems.append(f"{source}: {path}: {_describe(error)}{_got(error, loc)}")
+    return problems
+
+
+def expand_env(value: Any, path: tuple[int | str, ...], missing: list[tuple[str, str]]) -> Any:
+    """Expand $VAR and ${VAR} in every string; `$$` is a literal `$`. Missing variables are collected."""
+    if isinstance(value, str):
+        if "$" not in value:
+            return value
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1) or match.group(2)
+            if name is None:
+                return "$"
+            if name not in os.environ:
+                missing.append((format_path(path), name))
+                return ""
+            return os.environ[name]
+
+        return _ENV_REF.sub(substitute, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v, path + (str(k),), missing) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, path + (i,), missing) for i, v in enumerate(value)]
+    return value
+
+
+def read_yaml(path: str | Path) -> Any:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{source}: cannot read config file: {exc.strerror or exc}"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{source}: {where}invalid YAML: {reason}"]) from None
+
+
+def load_config(path: str | Path, registry: Registry) -> Config:
+    return parse_config(read_yaml(path), registry, source=str(path))
+
+
+def parse_config(raw: Any, registry: Registry, source: str = "<config>") -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: expected a mapping at the top level, got {type(raw).__name__}"])
+    missing: list[tuple[str, str]] = []
+    raw = expand_env(raw, (), missing)
+    if missing:
+        raise ConfigError(
+            [f"{source}: {path}: environment variable {name} is not set" for path, name in missing]
+        )
+
+    problems: list[str] = []
+    section_models = registry.config_sections
+    sections: dict[str, Any] = {}
+    core_raw: dict[str, Any] = {}
+    core_keys = set(Config.model_fields) - {"sections", "source"}
+    for key, value in raw.items():
+        if key in section_models:
+            try:
+                sections[key] = section_models[key].model_validate(value if value is not None else {})
+            except ValidationError as exc:
+                problems += validation_problems(source, (key,), exc)
+        elif key in core_keys:
+            core_raw[key] = value
+        else:
+            hint = difflib.get_close_matches(str(key), sorted(core_keys | set(section_models)), n=1)
+            problems.append(
+                f"{source}: {key}: unknown top-level key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            )
+    for key, model in section_models.items():
+        if key not in sections:
+            sections[key] = model.model_validate({})
+
+    config: Config | None = None
+    try:
+        config = Config.model_validate({**core_raw, "sections": sections, "source": source})
+    except ValidationError as exc:
+        problems += validation_problems(source, (), exc)
+    if config is not None:
+        config, filter_problems = _validate_filters(config, registry, source)
+        problems += filter_problems
+        problems += _cross_checks(config, source)
+    if problems:
+        raise ConfigError(problems)
+    assert config is not None
+    return config
+
+
+def _validate_filters(config: Config, registry: Registry, source: str) -> tuple[Config, list[str]]:
+    problems: list[str] = []
+    listeners = []
+    for li, listener in enumerate(config.listeners):
+        specs: list[FilterSpec] = []
+        seen: set[str] = set()
+        for fi, spec in enumerate(listener.filters):
+            where = f"{source}: listeners[{li}].filters[{fi}]"
+            entry = registry.filters.get(spec.name)
+            if entry is None:
+                known = ", ".join(sorted(registry.filters)) or "none"
+                problems.append(f"{where}.name: unknown filter {spec.name!r} (registered: {known})")
+                continue
+            if spec.name in seen:
+                problems.append(f"{where}.name: filter {spec.name!r} is listed twice on this listener")
+                continue
+            seen.add(spec.name)
+            if entry.terminal and fi != len(listener.filters) - 1:
+                problems.append(f"{where}.name: {spec.name!r} is a terminal filter and must come last")
+            settings: BaseModel | None = None
+            try:
+                settings = entry.config_model.model_validate(spec.config if spec.config is not None else {})
+            except ValidationError as exc:
+                problems += validation_problems(source, ("listeners", li, "filters", fi, "config"), exc)
+            specs.append(FilterSpec(name=spec.name, config=settings))
+        listeners.append(listener.model_copy(update={"filters": specs}))
+    return config.model_copy(update={"listeners": listeners}), problems
+
+
+def _cross_checks(config: Config, source: str) -> list[str]:
+    problems = []
+    names = [listener.name for listener in config.listeners]
+    for i, listener in enumerate(config.listeners):
+        if names.index(listener.name) != i:
+            problems.append(f"{source}: listeners[{i}].name: duplicate listener name {listener.name!r}")
+        binds = [(other.address, other.port) for other in config.listeners[:i]]
+        if listener.port and (listener.address, listener.port) in binds:
+            problems.append(f"{source}: listeners[{i}].port: {listener.address}:{listener.port} is already bound")
+    models = [p.model for p in config.model_providers]
+    for i, provider in enumerate(config.model_providers):
+        if models.index(provider.model) != i:
+            problems.append(f"{source}: model_providers[{i}].model: duplicate model {provider.model!r}")
+        if not provider.url and provider.api != "demo":
+            problems.append(
+                f"{source}: model_providers[{i}].base_url: required for provider {provider.provider!r}"
+                " (an OpenAI-compatible server's address, e.g. http://127.0.0.1:8000/v1)"
+            )
+    defaults = [i for i, p in enumerate(config.model_providers) if p.default]
+    if len(defaults) > 1:
+        problems.append(f"{source}: model_providers[{defaults[1]}].default: only one model can be the default")
+    ids = set(models) | {p.model_id for p in config.model_providers}
+    for alias, target in config.model_aliases.items():
+        if target not in ids:
+            problems.append(f"{source}: model_aliases.{alias}: target {target!r} is not a configured model")
+    return problems

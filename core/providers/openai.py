@@ -1,0 +1,52 @@
+"""OpenAI-shaped upstreams (OpenAI, vLLM, Ollama, the demo model...) for OpenAI-speaking clients: bytes pass through."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+
+from core.flow import Flow
+from core.upstream import Target
+
+
+def upstream_body(flow: Flow, model_id: str) -> bytes:
+    """The client's own bytes when they already name the upstream's model id; else the JSON re-encoded."""
+    if flow.json.get("model") == model_id:
+        return flow.body
+    body = dict(flow.json)
+    body["model"] = model_id
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def bearer_headers(flow: Flow, target: Target) -> list[tuple[str, str]]:
+    provider = target.provider
+    headers = [("content-type", "application/json"), ("accept", "text/event-stream" if flow.stream else "application/json"),
+               ("x-request-id", flow.request_id)]
+    if provider.passthrough_auth:
+        auth = flow.headers.get("authorization")
+        if auth:
+            headers.append(("authorization", auth))
+        elif "x-api-key" in flow.headers:
+            headers.append(("authorization", "Bearer " + flow.headers["x-api-key"]))
+    elif provider.access_key is not None:
+        headers.append(("authorization", "Bearer " + provider.access_key.get_secret_value()))
+    headers.extend((k, v) for k, v in provider.headers.items() if not k.startswith("x-demo-"))
+    return headers
+
+
+class OpenAIAdapter:
+    """OpenAI client, OpenAI-shaped upstream: the request and every response byte pass unchanged."""
+
+    rewrites_body = False
+
+    def request(self, flow: Flow, target: Target) -> httpx.Request:
+        url = target.upstream.base_url + "/chat/completions"
+        return httpx.Request("POST", url, headers=bearer_headers(flow, target), content=upstream_body(flow, target.model_id))
+
+    def body(self, flow: Flow, response: httpx.Response) -> AsyncIterator[bytes]:
+        return response.aiter_raw()
+
+    def error_body(self, flow: Flow, status: int, body: bytes) -> bytes:
+        return body
