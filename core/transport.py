@@ -72,7 +72,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         body: Any = request.content if request.method not in ("GET", "HEAD") else None
         try:
             response = await session.request(
-                request.method, str(request.url), headers=request.headers.raw, data=body,
+                request.method, str(request.url), headers=request.headers.multi_items(), data=body,
                 timeout=client_timeout, allow_redirects=False, compress=None, chunked=None,
             )
         except aiohttp.ClientConnectorError as exc:

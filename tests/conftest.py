@@ -1,0 +1,44 @@
+"""Shared fixtures: the local upstream under a real hypercorn, a Redis server, proxy configs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.harness import RedisServer, serve_app
+from tests.upstream import Upstream
+
+
+@pytest.fixture
+def upstream() -> Iterator[tuple[Upstream, str]]:
+    """A fresh OpenAI/Anthropic-shaped upstream; yields (controller, base_url ending in /v1)."""
+    server = Upstream()
+    with serve_app(server.app()) as port:
+        yield server, f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    server = RedisServer()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def proxy_config(base_url: str, filters: list[Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """A one-listener config whose default model is `test/test-model` on the local upstream."""
+    return {
+        "listeners": [{"name": "test", "port": 0, "filters": filters or []}],
+        "model_providers": [
+            {"model": "test/test-model", "base_url": base_url, "default": True, "access_key": "sk-upstream-secret"},
+            {"model": "test/slow", "base_url": base_url},
+            {"model": "test/hang", "base_url": base_url, "read_timeout": 0.5},
+            {"model": "test/fail-500", "base_url": base_url},
+            {"model": "test/fail-429", "base_url": base_url},
+            {"model": "test/fail-400", "base_url": base_url},
+        ],
+        **extra,
+    }
