@@ -60,7 +60,7 @@ class Runtime:
         filters = []
         for spec in listener.filters:
             entry = self.registry.filters[spec.name]
-            flt = entry.factory(spec.config, FilterContext(self.config, listener))
+            flt = entry.factory(spec.config, FilterContext(self.config, listener, self.upstreams.resolve))
             flt.name = spec.name
             filters.append(flt)
         return Chain(filters)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from core.config import Config, Listener
     from core.flow import Flow
+    from core.upstream import Target
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class FilterContext:
 
     config: Config
     listener: Listener
+    #: Resolves a model name (provider/id, bare id, alias) to its upstream target, None when unknown.
+    resolve_model: Callable[[str], Target | None]
 
 
 class Filter:
