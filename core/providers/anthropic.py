@@ -1,0 +1,615 @@
+"""Translation between OpenAI Chat Completions and Anthropic Messages requests, responses and errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+from core.errors import openai_error
+
+ANTHROPIC_VERSION = "2023-06-01"
+# Anthropic requires max_tokens; OpenAI clients usually leave it out.
+DEFAULT_MAX_TOKENS = 4096
+
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+# Anthropic error types per status, limited to the ones its SDK can parse.
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_ERROR_STATUSES = {kind: status for status, kind in _ERROR_TYPES.items() if status != 529}
+_DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+)(?:;[^;,]*)*;base64,(.*)", re.DOTALL)
+# Anthropic rejects tool ids outside this alphabet; some OpenAI-compatible servers emit e.g. "fn:0".
+_TOOL_ID_INVALID = re.compile(r"[^a-zA-Z0-9_-]")
+
+
+class TranslationError(ValueError):
+    """Input that cannot be expressed in the other API; `field` is the JSON path of the culprit."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+def _dict(value: object, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TranslationError(field, f"expected an object, got {_kind(value)}")
+    return value
+
+
+def _list(value: object, field: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise TranslationError(field, f"expected an array, got {_kind(value)}")
+    return value
+
+
+def _str(value: object, field: str) -> str:
+    if not isinstance(value, str):
+        raise TranslationError(field, f"expected a string, got {_kind(value)}")
+    return value
+
+
+def _int(value: object, field: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise TranslationError(field, f"expected a positive integer, got {value!r}")
+    return value
+
+
+def _number(value: object, field: str) -> float | int:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TranslationError(field, f"expected a number, got {_kind(value)}")
+    return value
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def tool_id(value: str) -> str:
+    return _TOOL_ID_INVALID.sub("_", value) or f"toolu_{uuid.uuid4().hex[:24]}"
+
+
+def chat_completion_id(message_id: object) -> str:
+    suffix = message_id.removeprefix("msg_") if isinstance(message_id, str) and message_id else uuid.uuid4().hex
+    return f"chatcmpl-{suffix}"
+
+
+def message_id(completion_id: object) -> str:
+    suffix = completion_id.removeprefix("chatcmpl-") if isinstance(completion_id, str) and completion_id else ""
+    return f"msg_{suffix or uuid.uuid4().hex}"
+
+
+def openai_usage(usage: object) -> dict[str, Any]:
+    """Anthropic usage as OpenAI's: prompt_tokens counts cached input too, as OpenAI's does."""
+    usage = usage if isinstance(usage, dict) else {}
+    cache_read = usage.get("cache_read_input_tokens") or 0
+    prompt = (usage.get("input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0) + cache_read
+    completion = usage.get("output_tokens") or 0
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cache_read},
+    }
+
+
+def anthropic_usage(usage: object) -> dict[str, Any]:
+    """OpenAI usage as Anthropic's, where input_tokens excludes what was read from the cache."""
+    usage = usage if isinstance(usage, dict) else {}
+    details = usage.get("prompt_tokens_details")
+    cached = (details.get("cached_tokens") if isinstance(details, dict) else None) or 0
+    return {
+        "input_tokens": max((usage.get("prompt_tokens") or 0) - cached, 0),
+        "output_tokens": usage.get("completion_tokens") or 0,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached,
+    }
+
+
+# OpenAI -> Anthropic requests
+
+
+def openai_to_anthropic_request(body: dict[str, Any], model_id: str) -> dict[str, Any]:
+    body = _dict(body, "body")
+    system: list[dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
+    for i, message in enumerate(_list(body.get("messages"), "messages")):
+        field = f"messages[{i}]"
+        message = _dict(message, field)
+        role = message.get("role")
+        if role in ("system", "developer"):
+            system += _text_blocks(message.get("content"), f"{field}.content")
+        elif role == "user":
+            _append_turn(turns, "user", _user_blocks(message.get("content"), f"{field}.content"))
+        elif role == "assistant":
+            _append_turn(turns, "assistant", _assistant_blocks(message, field))
+        elif role == "tool":
+            _append_turn(turns, "user", [_tool_result_block(message, field)])
+        else:
+            raise TranslationError(f"{field}.role", f"unknown role {role!r}")
+    for turn in turns:
+        turn["content"] = _collapse(turn["content"])
+
+    out: dict[str, Any] = {"model": model_id, "messages": turns}
+    if system:
+        out["system"] = _collapse(system)
+    if body.get("n") not in (None, 1):
+        raise TranslationError("n", "Anthropic returns a single choice")
+    limit = body.get("max_completion_tokens")
+    field = "max_completion_tokens"
+    if limit is None:
+        limit, field = body.get("max_tokens"), "max_tokens"
+    out["max_tokens"] = DEFAULT_MAX_TOKENS if limit is None else _int(limit, field)
+    if body.get("temperature") is not None:
+        # OpenAI's range is 0..2, Anthropic's 0..1: clamp rather than have the upstream refuse.
+        out["temperature"] = min(_number(body["temperature"], "temperature"), 1)
+    if body.get("top_p") is not None:
+        out["top_p"] = _number(body["top_p"], "top_p")
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        out["stop_sequences"] = [stop]
+    elif stop is not None:
+        out["stop_sequences"] = [_str(s, f"stop[{j}]") for j, s in enumerate(_list(stop, "stop"))]
+    if body.get("stream") is not None:
+        out["stream"] = bool(body["stream"])
+    user = body.get("user") or body.get("safety_identifier")
+    if user is not None:
+        out["metadata"] = {"user_id": _str(user, "user")}
+    if body.get("tools"):
+        out["tools"] = [_anthropic_tool(t, f"tools[{j}]") for j, t in enumerate(_list(body["tools"], "tools"))]
+    choice = _anthropic_tool_choice(body.get("tool_choice"))
+    if body.get("parallel_tool_calls") is False and out.get("tools"):
+        choice = choice or {"type": "auto"}
+        if choice["type"] != "none":
+            choice["disable_parallel_tool_use"] = True
+    if choice is not None:
+        out["tool_choice"] = choice
+    return out
+
+
+def _append_turn(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
+    # Anthropic wants strictly alternating roles and no empty turns.
+    if not blocks:
+        return
+    if turns and turns[-1]["role"] == role:
+        turns[-1]["content"] += blocks
+    else:
+        turns.append({"role": role, "content": blocks})
+
+
+def _collapse(blocks: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    if len(blocks) == 1 and blocks[0].keys() == {"type", "text"} and blocks[0]["type"] == "text":
+        text: str = blocks[0]["text"]
+        return text
+    return blocks
+
+
+def _text_blocks(content: object, field: str, types: tuple[str, ...] = ("text",)) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks = []
+    for j, part in enumerate(_list(content, field)):
+        part = _dict(part, f"{field}[{j}]")
+        kind = part.get("type")
+        if kind not in types:
+            raise TranslationError(f"{field}[{j}].type", f"expected {' or '.join(types)}, got {kind!r}")
+        blocks += _text_part(part, kind, f"{field}[{j}]")
+    return blocks
+
+
+def _text_part(part: dict[str, Any], kind: str, field: str) -> list[dict[str, Any]]:
+    text = _str(part.get(kind), f"{field}.{kind}")
+    if not text:
+        return []
+    block = {"type": "text", "text": text}
+    # Clients that know Claude is behind an OpenAI-shaped API mark prompt-cache breakpoints on parts.
+    if part.get("cache_control") is not None:
+        block["cache_control"] = part["cache_control"]
+    return [block]
+
+
+def _user_blocks(content: object, field: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return _text_blocks(content, field)
+    blocks: list[dict[str, Any]] = []
+    for j, part in enumerate(_list(content, field)):
+        at = f"{field}[{j}]"
+        part = _dict(part, at)
+        kind = part.get("type")
+        if kind == "text":
+            blocks += _text_part(part, "text", at)
+        elif kind == "image_url":
+            url = _str(_dict(part.get("image_url"), f"{at}.image_url").get("url"), f"{at}.image_url.url")
+            blocks.append({"type": "image", "source": _anthropic_source(url, f"{at}.image_url.url")})
+        elif kind == "file":
+            data = _dict(part.get("file"), f"{at}.file").get("file_data")
+            if data is None:
+                raise TranslationError(f"{at}.file.file_data", "only inline file_data can be sent to Anthropic")
+            blocks.append({"type": "document", "source": _anthropic_source(_str(data, f"{at}.file.file_data"), at)})
+        else:
+            raise TranslationError(f"{at}.type", f"content part {kind!r} cannot be sent to Anthropic")
+    return blocks
+
+
+def _anthropic_source(url: str, field: str) -> dict[str, Any]:
+    if url.startswith(("http://", "https://")):
+        return {"type": "url", "url": url}
+    match = _DATA_URL.fullmatch(url)
+    if match is None:
+        raise TranslationError(field, "expected an http(s) URL or a base64 data: URL")
+    return {"type": "base64", "media_type": match[1], "data": match[2]}
+
+
+def _assistant_blocks(message: dict[str, Any], field: str) -> list[dict[str, Any]]:
+    content = message.get("content")
+    blocks = [] if content is None else _text_blocks(content, f"{field}.content", ("text", "refusal"))
+    for j, call in enumerate(_list(message.get("tool_calls") or [], f"{field}.tool_calls")):
+        at = f"{field}.tool_calls[{j}]"
+        call = _dict(call, at)
+        if call.get("type", "function") != "function":
+            raise TranslationError(f"{at}.type", f"tool call {call.get('type')!r} cannot be sent to Anthropic")
+        function = _dict(call.get("function"), f"{at}.function")
+        arguments = _str(function.get("arguments") or "{}", f"{at}.function.arguments")
+        try:
+            tool_input = json.loads(arguments)
+        except ValueError:
+            raise TranslationError(f"{at}.function.arguments", "not valid JSON") from None
+        blocks.append({
+            "type": "tool_use",
+            "id": tool_id(_str(call.get("id"), f"{at}.id")),
+            "name": _str(function.get("name"), f"{at}.function.name"),
+            "input": _dict(tool_input, f"{at}.function.arguments"),
+        })
+    return blocks
+
+
+def _tool_result_block(message: dict[str, Any], field: str) -> dict[str, Any]:
+    block: dict[str, Any] = {
+        "type": "tool_result",
+        "tool_use_id": tool_id(_str(message.get("tool_call_id"), f"{field}.tool_call_id")),
+    }
+    content = _text_blocks(message.get("content"), f"{field}.content")
+    if content:
+        block["content"] = _collapse(content)
+    return block
+
+
+def _anthropic_tool(tool: object, field: str) -> dict[str, Any]:
+    tool = _dict(tool, field)
+    if tool.get("type") != "function":
+        raise TranslationError(f"{field}.type", f"tool type {tool.get('type')!r} cannot be sent to Anthropic")
+    function = _dict(tool.get("function"), f"{field}.function")
+    out: dict[str, Any] = {"name": _str(function.get("name"), f"{field}.function.name")}
+    if function.get("description") is not None:
+        out["description"] = _str(function["description"], f"{field}.function.description")
+    schema = function.get("parameters")
+    if schema is None:
+        schema = {"type": "object", "properties": {}}
+    out["input_schema"] = _dict(schema, f"{field}.function.parameters")
+    return out
+
+
+def _anthropic_tool_choice(choice: object) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    simple = {"auto": "auto", "none": "none", "required": "any"}
+    if isinstance(choice, str) and choice in simple:
+        return {"type": simple[choice]}
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        name = _dict(choice.get("function"), "tool_choice.function").get("name")
+        return {"type": "tool", "name": _str(name, "tool_choice.function.name")}
+    raise TranslationError("tool_choice", f"expected auto, none, required or a function, got {choice!r}")
+
+
+# Anthropic -> OpenAI requests
+
+
+def anthropic_to_openai_request(body: dict[str, Any], model_id: str) -> dict[str, Any]:
+    body = _dict(body, "body")
+    messages: list[dict[str, Any]] = []
+    if body.get("system") is not None:
+        # One system message: several trip up the chat templates of many OpenAI-compatible servers.
+        system = "\n".join(b["text"] for b in _text_blocks(body["system"], "system"))
+        if system:
+            messages.append({"role": "system", "content": system})
+    for i, message in enumerate(_list(body.get("messages"), "messages")):
+        field = f"messages[{i}]"
+        message = _dict(message, field)
+        role = message.get("role")
+        if role == "user":
+            messages += _openai_user_messages(message.get("content"), f"{field}.content")
+        elif role == "assistant":
+            messages.append(_openai_assistant_message(message.get("content"), f"{field}.content"))
+        else:
+            raise TranslationError(f"{field}.role", f"unknown role {role!r}")
+
+    out: dict[str, Any] = {"model": model_id, "messages": messages}
+    if body.get("max_tokens") is not None:
+        out["max_completion_tokens"] = _int(body["max_tokens"], "max_tokens")
+    for name in ("temperature", "top_p"):
+        if body.get(name) is not None:
+            out[name] = _number(body[name], name)
+    if body.get("stop_sequences") is not None:
+        stops = _list(body["stop_sequences"], "stop_sequences")
+        out["stop"] = [_str(s, f"stop_sequences[{j}]") for j, s in enumerate(stops)]
+    if body.get("stream"):
+        # The usage chunk is what lets the Anthropic stream report output_tokens.
+        out["stream"] = True
+        out["stream_options"] = {"include_usage": True}
+    metadata = body.get("metadata")
+    if metadata is not None and _dict(metadata, "metadata").get("user_id") is not None:
+        out["user"] = _str(metadata["user_id"], "metadata.user_id")
+    if body.get("tools"):
+        out["tools"] = [_openai_tool(t, f"tools[{j}]") for j, t in enumerate(_list(body["tools"], "tools"))]
+    if body.get("tool_choice") is not None:
+        choice = _dict(body["tool_choice"], "tool_choice")
+        kind = choice.get("type")
+        if kind == "tool":
+            name = _str(choice.get("name"), "tool_choice.name")
+            out["tool_choice"] = {"type": "function", "function": {"name": name}}
+        elif kind in ("auto", "any", "none"):
+            out["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[kind]
+        else:
+            raise TranslationError("tool_choice.type", f"expected auto, any, tool or none, got {kind!r}")
+        if choice.get("disable_parallel_tool_use") and out.get("tools"):
+            out["parallel_tool_calls"] = False
+    return out
+
+
+def _openai_user_messages(content: object, field: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"role": "user", "content": content}]
+    # Tool results become `tool` messages, which must directly follow the assistant's tool calls.
+    tool_messages: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    for j, block in enumerate(_list(content, field)):
+        at = f"{field}[{j}]"
+        block = _dict(block, at)
+        if block.get("type") == "tool_result":
+            inner = block.get("content")
+            text: list[str] = []
+            if isinstance(inner, str):
+                text.append(inner)
+            elif inner is not None:
+                for k, part in enumerate(_list(inner, f"{at}.content")):
+                    converted = _openai_part(part, f"{at}.content[{k}]")
+                    # OpenAI tool messages carry text only; images go to the user turn that follows.
+                    if converted["type"] == "text":
+                        text.append(converted["text"])
+                    else:
+                        parts.append(converted)
+            tool_messages.append({
+                "role": "tool",
+                "tool_call_id": _str(block.get("tool_use_id"), f"{at}.tool_use_id"),
+                "content": "\n".join(text),
+            })
+        else:
+            parts.append(_openai_part(block, at))
+    if len(parts) == 1 and parts[0]["type"] == "text":
+        return [*tool_messages, {"role": "user", "content": parts[0]["text"]}]
+    return tool_messages + ([{"role": "user", "content": parts}] if parts else [])
+
+
+def _openai_part(block: object, field: str) -> dict[str, Any]:
+    block = _dict(block, field)
+    kind = block.get("type")
+    if kind == "text":
+        return {"type": "text", "text": _str(block.get("text"), f"{field}.text")}
+    if kind in ("image", "document"):
+        source = _dict(block.get("source"), f"{field}.source")
+        source_type = source.get("type")
+        if source_type == "url":
+            url = _str(source.get("url"), f"{field}.source.url")
+        elif source_type == "base64":
+            media_type = _str(source.get("media_type"), f"{field}.source.media_type")
+            url = f"data:{media_type};base64,{_str(source.get('data'), f'{field}.source.data')}"
+        elif source_type == "text" and kind == "document":
+            return {"type": "text", "text": _str(source.get("data"), f"{field}.source.data")}
+        else:
+            raise TranslationError(f"{field}.source.type", f"source {source_type!r} cannot be sent to OpenAI")
+        if kind == "image":
+            return {"type": "image_url", "image_url": {"url": url}}
+        if source_type == "base64":
+            return {"type": "file", "file": {"filename": block.get("title") or "document.pdf", "file_data": url}}
+    raise TranslationError(f"{field}.type", f"content block {kind!r} cannot be sent to OpenAI")
+
+
+def _openai_assistant_message(content: object, field: str) -> dict[str, Any]:
+    if isinstance(content, str):
+        return {"role": "assistant", "content": content}
+    text: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for j, block in enumerate(_list(content, field)):
+        at = f"{field}[{j}]"
+        block = _dict(block, at)
+        kind = block.get("type")
+        if kind == "text":
+            text.append(_str(block.get("text"), f"{at}.text"))
+        elif kind == "tool_use":
+            calls.append({
+                "id": _str(block.get("id"), f"{at}.id"),
+                "type": "function",
+                "function": {
+                    "name": _str(block.get("name"), f"{at}.name"),
+                    "arguments": _dumps(_dict(block.get("input", {}), f"{at}.input")),
+                },
+            })
+        elif kind not in ("thinking", "redacted_thinking"):
+            # Thinking is signed for Anthropic's own models only; an OpenAI upstream has no use for it.
+            raise TranslationError(f"{at}.type", f"content block {kind!r} cannot be sent to OpenAI")
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text or not calls else None}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def _openai_tool(tool: object, field: str) -> dict[str, Any]:
+    tool = _dict(tool, field)
+    if tool.get("type") not in (None, "custom"):
+        raise TranslationError(f"{field}.type", f"server tool {tool.get('type')!r} cannot be sent to OpenAI")
+    function: dict[str, Any] = {"name": _str(tool.get("name"), f"{field}.name")}
+    if tool.get("description") is not None:
+        function["description"] = _str(tool["description"], f"{field}.description")
+    function["parameters"] = _dict(tool.get("input_schema"), f"{field}.input_schema")
+    return {"type": "function", "function": function}
+
+
+# Responses
+
+
+def anthropic_to_openai_response(body: dict[str, Any], model: str) -> dict[str, Any]:
+    body = _dict(body, "body")
+    text: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for j, block in enumerate(_list(body.get("content"), "content")):
+        block = _dict(block, f"content[{j}]")
+        if block.get("type") == "text":
+            text.append(_str(block.get("text"), f"content[{j}].text"))
+        elif block.get("type") == "tool_use":
+            calls.append({
+                "id": _str(block.get("id"), f"content[{j}].id"),
+                "type": "function",
+                "function": {
+                    "name": _str(block.get("name"), f"content[{j}].name"),
+                    "arguments": _dumps(block.get("input") or {}),
+                },
+            })
+        # Thinking and server-tool blocks have no Chat Completions counterpart.
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(text) if text or not calls else None,
+        "refusal": None,
+    }
+    if calls:
+        message["tool_calls"] = calls
+    return {
+        "id": chat_completion_id(body.get("id")),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": message,
+            "logprobs": None,
+            "finish_reason": FINISH_REASONS.get(body.get("stop_reason") or "", "stop"),
+        }],
+        "usage": openai_usage(body.get("usage")),
+    }
+
+
+def openai_to_anthropic_response(body: dict[str, Any], model: str) -> dict[str, Any]:
+    body = _dict(body, "body")
+    choices = _list(body.get("choices"), "choices")
+    if not choices:
+        raise TranslationError("choices", "expected at least one choice")
+    choice = _dict(choices[0], "choices[0]")
+    message = _dict(choice.get("message"), "choices[0].message")
+    content: list[dict[str, Any]] = []
+    for key in ("content", "refusal"):
+        if message.get(key):
+            content += _text_blocks(message[key], f"choices[0].message.{key}")
+    for j, call in enumerate(_list(message.get("tool_calls") or [], "choices[0].message.tool_calls")):
+        at = f"choices[0].message.tool_calls[{j}]"
+        call = _dict(call, at)
+        function = _dict(call.get("function"), f"{at}.function")
+        try:
+            tool_input = json.loads(_str(function.get("arguments") or "{}", f"{at}.function.arguments"))
+        except ValueError:
+            raise TranslationError(f"{at}.function.arguments", "not valid JSON") from None
+        content.append({
+            "type": "tool_use",
+            "id": tool_id(_str(call.get("id") or "", f"{at}.id")),
+            "name": _str(function.get("name"), f"{at}.function.name"),
+            "input": _dict(tool_input, f"{at}.function.arguments"),
+        })
+    return {
+        "id": message_id(body.get("id")),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": STOP_REASONS.get(choice.get("finish_reason") or "", "end_turn"),
+        "stop_sequence": None,
+        "usage": anthropic_usage(body.get("usage")),
+    }
+
+
+# Errors
+
+
+def anthropic_error_type(status: int) -> str:
+    return _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def anthropic_error_status(error_type: object) -> int:
+    """The HTTP status Anthropic pairs with an error type (500 when unknown), for errors that arrive in a stream."""
+    return _ERROR_STATUSES.get(error_type, 500) if isinstance(error_type, str) else 500
+
+
+def anthropic_error(status: int, message: str, code: str) -> dict[str, Any]:
+    # `code` is outerloop's stable details code; Anthropic's SDK keeps unknown keys on the error body.
+    return {"type": "error", "error": {"type": anthropic_error_type(status), "message": message, "code": code}}
+
+
+def openai_error_to_anthropic(body: bytes, status: int) -> bytes:
+    data = _error_json(body)
+    error = data.get("error")
+    message, code = None, None
+    if isinstance(error, dict):
+        message, code = error.get("message"), error.get("code") or error.get("type")
+    elif isinstance(error, str):
+        message = error
+    message = message or data.get("message") or data.get("detail")
+    return _dumps(anthropic_error(status, _error_text(message, body, status), str(code or "upstream_error"))).encode()
+
+
+def anthropic_error_to_openai(body: bytes, status: int) -> bytes:
+    error = _error_json(body).get("error")
+    error = error if isinstance(error, dict) else {}
+    code = error["type"] if isinstance(error.get("type"), str) else anthropic_error_type(status)
+    return _dumps(openai_error(status, _error_text(error.get("message"), body, status), code)).encode()
+
+
+def _error_json(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _error_text(message: object, body: bytes, status: int) -> str:
+    if isinstance(message, str) and message:
+        return message
+    # Not a JSON error body (an HTML page from a load balancer, say): pass on a bounded excerpt.
+    text = body.decode("utf-8", "replace").strip()[:1000]
+    return text or f"upstream returned HTTP {status}"
