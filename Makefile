@@ -7,11 +7,10 @@ CONFIG ?= configs/default.yaml
 
 .PHONY: run test bench venv redis clean
 
-$(STAMP): pyproject.toml examples/outerloop-example-filter/pyproject.toml
+$(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[export,test]'
-	$(PY) -m pip install -q -e examples/outerloop-example-filter
 	touch $(STAMP)
 
 venv: $(STAMP)

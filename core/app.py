@@ -21,6 +21,11 @@ from core.errors import ConfigError, error_body
 from core.filter import FilterContext
 from core.plugins import Registry, build_registry
 from core.providers import Adapter
+from core.providers.anthropic_upstream import (
+    AnthropicClientOpenAIUpstream,
+    AnthropicPassthrough,
+    OpenAIClientAnthropicUpstream,
+)
 from core.providers.openai import OpenAIAdapter
 from core.proxy import ProxyEndpoint
 from core.responses import send_body
@@ -51,10 +56,15 @@ class Runtime:
         }
         self.chains = [ListenerChain(listener.name, self._build_chain(listener)) for listener in config.listeners]
         self._by_port = {listener.port: chain for listener, chain in zip(config.listeners, self.chains)}
-        self._adapters: dict[tuple[str, str], Adapter] = {}
         openai = OpenAIAdapter()
-        for upstream_api in ("openai", "demo"):
-            self._adapters[("openai", upstream_api)] = openai
+        self._adapters: dict[tuple[str, str], Adapter] = {
+            ("openai", "openai"): openai,
+            ("openai", "demo"): openai,
+            ("openai", "anthropic"): OpenAIClientAnthropicUpstream(),
+            ("anthropic", "anthropic"): AnthropicPassthrough(),
+            ("anthropic", "openai"): AnthropicClientOpenAIUpstream(),
+            ("anthropic", "demo"): AnthropicClientOpenAIUpstream(),
+        }
 
     def _build_chain(self, listener: Listener) -> Chain:
         filters = []
@@ -75,16 +85,7 @@ class Runtime:
         return self.chains[0]
 
     def adapter(self, client_api: str, upstream_api: str) -> Adapter:
-        adapter = self._adapters.get((client_api, upstream_api))
-        if adapter is None:
-            adapter = self._load_adapter(client_api, upstream_api)
-            self._adapters[(client_api, upstream_api)] = adapter
-        return adapter
-
-    def _load_adapter(self, client_api: str, upstream_api: str) -> Adapter:
-        from core.providers import anthropic_upstream
-
-        return anthropic_upstream.adapter(client_api, upstream_api)
+        return self._adapters[(client_api, upstream_api)]
 
     async def startup(self) -> None:
         await self.registry.startup(self.config)

@@ -45,23 +45,28 @@ def openai_error_bytes(status: int, message: str, code: str, param: str | None =
     return json.dumps(openai_error(status, message, code, param)).encode()
 
 
+# Anthropic error types per status, limited to the ones its SDK can parse.
 _ANTHROPIC_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
-    413: "request_too_large",
     429: "rate_limit_error",
-    500: "api_error",
+    503: "overloaded_error",
     504: "timeout_error",
     529: "overloaded_error",
 }
+ANTHROPIC_STATUSES = {kind: status for status, kind in _ANTHROPIC_TYPES.items() if status != 529}
+
+
+def anthropic_error_type(status: int) -> str:
+    return _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
 
 
 def anthropic_error(status: int, message: str, code: str) -> dict[str, Any]:
-    kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    # Anthropic's shape has no code field; outerloop's stable details code rides along as `details`.
-    return {"type": "error", "error": {"type": kind, "message": message, "details": code}}
+    # `code` is outerloop's stable details code; Anthropic's SDK keeps unknown keys on the error body.
+    return {"type": "error", "error": {"type": anthropic_error_type(status), "message": message, "code": code}}
 
 
 def error_body(api: str, status: int, message: str, code: str, param: str | None = None) -> bytes:

@@ -149,7 +149,7 @@ class ProxyEndpoint:
             request.extensions["timeout"] = self.runtime.timeouts[target.model]
             flow.attempts += 1
             try:
-                response = await target.upstream.client.send(request, stream=True)
+                response = await target.upstream.transport.handle_async_request(request)
             except httpx.TransportError as exc:
                 if last:
                     raise

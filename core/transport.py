@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+from yarl import URL
 
 # Read size for streamed bodies: large enough for whole JSON answers, small enough that SSE events are
 # forwarded as soon as they arrive (iter_any returns whatever is buffered, never waiting to fill it).
@@ -49,6 +50,18 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
         self._session: aiohttp.ClientSession | None = None
+        # Upstreams reuse a handful of URL objects; parsing them again for aiohttp costs more than the
+        # rest of the request building, so the yarl form is kept per httpx.URL.
+        self._yarl: dict[int, tuple[httpx.URL, URL]] = {}
+
+    def _url(self, url: httpx.URL) -> URL:
+        cached = self._yarl.get(id(url))
+        if cached is not None and cached[0] is url:
+            return cached[1]
+        parsed = URL(str(url), encoded=True)
+        if len(self._yarl) < 1024:
+            self._yarl[id(url)] = (url, parsed)
+        return parsed
 
     def _open(self) -> aiohttp.ClientSession:
         # Created lazily: a ClientSession binds to the running loop, which exists only once serving.
@@ -72,7 +85,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         body: Any = request.content if request.method not in ("GET", "HEAD") else None
         try:
             response = await session.request(
-                request.method, str(request.url), headers=request.headers.multi_items(), data=body,
+                request.method, self._url(request.url), headers=request.headers.multi_items(), data=body,
                 timeout=client_timeout, allow_redirects=False, compress=None, chunked=None,
             )
         except aiohttp.ClientConnectorError as exc:

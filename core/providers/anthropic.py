@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Any
 
-from core.errors import openai_error
+from core.errors import ANTHROPIC_STATUSES, anthropic_error, anthropic_error_type, openai_error
 
 ANTHROPIC_VERSION = "2023-06-01"
 # Anthropic requires max_tokens; OpenAI clients usually leave it out.
@@ -30,19 +30,6 @@ STOP_REASONS = {
     "function_call": "tool_use",
     "content_filter": "refusal",
 }
-# Anthropic error types per status, limited to the ones its SDK can parse.
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    429: "rate_limit_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
-_ERROR_STATUSES = {kind: status for status, kind in _ERROR_TYPES.items() if status != 529}
 _DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+)(?:;[^;,]*)*;base64,(.*)", re.DOTALL)
 # Anthropic rejects tool ids outside this alphabet; some OpenAI-compatible servers emit e.g. "fn:0".
 _TOOL_ID_INVALID = re.compile(r"[^a-zA-Z0-9_-]")
@@ -566,18 +553,9 @@ def openai_to_anthropic_response(body: dict[str, Any], model: str) -> dict[str, 
 # Errors
 
 
-def anthropic_error_type(status: int) -> str:
-    return _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-
-
 def anthropic_error_status(error_type: object) -> int:
     """The HTTP status Anthropic pairs with an error type (500 when unknown), for errors that arrive in a stream."""
-    return _ERROR_STATUSES.get(error_type, 500) if isinstance(error_type, str) else 500
-
-
-def anthropic_error(status: int, message: str, code: str) -> dict[str, Any]:
-    # `code` is outerloop's stable details code; Anthropic's SDK keeps unknown keys on the error body.
-    return {"type": "error", "error": {"type": anthropic_error_type(status), "message": message, "code": code}}
+    return ANTHROPIC_STATUSES.get(error_type, 500) if isinstance(error_type, str) else 500
 
 
 def openai_error_to_anthropic(body: bytes, status: int) -> bytes:

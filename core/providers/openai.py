@@ -42,8 +42,7 @@ class OpenAIAdapter:
     rewrites_body = False
 
     def request(self, flow: Flow, target: Target) -> httpx.Request:
-        url = target.upstream.base_url + "/chat/completions"
-        return httpx.Request("POST", url, headers=bearer_headers(flow, target), content=upstream_body(flow, target.model_id))
+        return httpx.Request("POST", target.upstream.url("/chat/completions"), headers=bearer_headers(flow, target), content=upstream_body(flow, target.model_id))
 
     def body(self, flow: Flow, response: httpx.Response) -> AsyncIterator[bytes]:
         return response.aiter_raw()

@@ -1,0 +1,1 @@
+"""An example outerloop filter package."""
