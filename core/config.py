@@ -78,14 +78,14 @@ class ModelProvider(Section):
     def _provider_slash_id(cls, value: str) -> str:
         provider, _, model_id = value.partition("/")
         if not provider or not model_id:
-            raise ValueError(f"expected provider/id such as openai/gpt-4o-mini, got {value!r}")
+            raise ValueError("expected provider/id such as openai/gpt-4o-mini")
         return value
 
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+            raise ValueError("expected an http:// or https:// URL")
         return value.rstrip("/") if value else value
 
     @property
