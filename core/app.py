@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -193,7 +193,9 @@ async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
 def build_app(config: Config, registry: Registry) -> ASGIApp:
     app: ASGIApp = App(Runtime(config, registry))
     for impl in registry.manager.hook.outerloop_wrap_app.get_hookimpls():
-        app = impl.function(app=app, config=config) or app
+        wrapped = cast("ASGIApp | None", impl.function(app=app, config=config))
+        if wrapped is not None:
+            app = wrapped
     return app
 
 

@@ -63,7 +63,7 @@ class ProxyEndpoint:
                 parsed = json.loads(raw)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise RequestError(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
-            body = validate_chat(parsed, self.api)
+            request_json = validate_chat(parsed, self.api)
         except ClientGone:
             return
         except RequestError as exc:
@@ -71,7 +71,7 @@ class ProxyEndpoint:
                             raw_headers({"x-request-id": request_id, **exc.headers}))
             return
         flow = Flow(request_id=request_id, listener=chain.listener, api=self.api, method="POST",
-                    path=scope["path"], headers=headers, body=raw, json_body=body, client=scope.get("client"),
+                    path=scope["path"], headers=headers, body=raw, json_body=request_json, client=scope.get("client"),
                     started=started)
         serving = asyncio.ensure_future(self._serve(flow, chain.chain, send))
         watching = asyncio.ensure_future(_disconnected(receive))

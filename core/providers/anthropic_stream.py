@@ -6,12 +6,11 @@ import json
 import time
 from typing import Any
 
-from core.errors import openai_error
+from core.errors import anthropic_error, openai_error
 from core.providers.anthropic import (
     FINISH_REASONS,
     STOP_REASONS,
     TranslationError,
-    anthropic_error,
     anthropic_error_status,
     anthropic_usage,
     chat_completion_id,

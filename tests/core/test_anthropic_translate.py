@@ -18,11 +18,11 @@ from anthropic.types.shared import ErrorResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import TypeAdapter
 
+from core.errors import anthropic_error
 from core.providers.anthropic import (
     ANTHROPIC_VERSION,
     DEFAULT_MAX_TOKENS,
     TranslationError,
-    anthropic_error,
     anthropic_error_to_openai,
     anthropic_to_openai_request,
     anthropic_to_openai_response,
