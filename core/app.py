@@ -116,7 +116,7 @@ class App:
             Route("/healthz", _get_only(self.healthz)),
         ]
         for entry in runtime.registry.routes(runtime.config):
-            routes.append(Route(entry.path, entry.endpoint, methods=list(entry.methods)))
+            routes.append(Route(entry.path, entry.endpoint, methods=list(entry.methods) or None))
         self.router = Router(routes=routes, default=_not_found)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -57,6 +57,13 @@ class Listener(Section):
     filters: list[FilterSpec] = []
 
 
+class InlineRoutingPreference(Section):
+    """The older inline routing form (Plano < v0.4): a route served by the provider it is written under."""
+
+    name: str = Field(min_length=1)
+    description: str = Field(min_length=1)
+
+
 class ModelProvider(Section):
     model: str = Field(description="provider/id, e.g. openai/gpt-4o-mini")
     access_key: SecretStr | None = None
@@ -70,8 +77,8 @@ class ModelProvider(Section):
     connect_timeout: float = Field(default=5.0, gt=0)
     read_timeout: float = Field(default=120.0, gt=0)
     max_connections: int = Field(default=512, gt=0)
-    # The older inline routing form (Plano < v0.4); read by the routing plugin.
-    routing_preferences: list[dict[str, Any]] = []
+    # Read by the routing plugin.
+    routing_preferences: list[InlineRoutingPreference] = []
 
     @field_validator("model")
     @classmethod

@@ -155,7 +155,8 @@ def parse_config(raw: Any, registry: Registry, source: str = "<config>") -> Conf
     for key, value in raw.items():
         if key in section_models:
             try:
-                sections[key] = section_models[key].model_validate(value if value is not None else {})
+                model = section_models[key]
+                sections[key] = model() if value is None else model.model_validate(value)
             except ValidationError as exc:
                 problems += validation_problems(source, (key,), exc)
         elif key in core_keys:
@@ -166,8 +167,9 @@ def parse_config(raw: Any, registry: Registry, source: str = "<config>") -> Conf
                 f"{source}: {key}: unknown top-level key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
             )
     for key, model in section_models.items():
-        if key not in sections:
-            sections[key] = model.model_validate({})
+        if key not in sections and key not in core_raw:
+            # Absent sections get the model's defaults (a section model must be constructible without input).
+            sections.setdefault(key, model())
 
     config: Config | None = None
     try:

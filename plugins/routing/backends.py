@@ -1,0 +1,88 @@
+"""Builds the configured router backend once per process and shares it across listeners' router filters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from router_model.backend import RouterBackend, RouterModelMissing
+from router_model.routes import RouteSet
+
+from plugins.routing.config import Routing
+
+log = logging.getLogger("outerloop.routing")
+
+
+def build_backend(routing: Routing, routes: RouteSet) -> RouterBackend:
+    """The backend `routing` names. Raises RouterModelMissing when its files are not there."""
+    if routing.backend == "http":
+        if routing.http is None:
+            raise RouterModelMissing("routing.backend is http but routing.http is not configured")
+        from router_model.http_backend import HttpRouter
+
+        key = routing.http.access_key.get_secret_value() if routing.http.access_key else None
+        return HttpRouter(routing.http.url, routing.http.model, routes, profile=routing.profile, api_key=key,
+                          timeout=routing.http.timeout, max_conversation_tokens=routing.max_conversation_tokens)
+    if routing.backend == "embedding":
+        if routing.embedding is None:
+            raise RouterModelMissing("routing.backend is embedding but routing.embedding is not configured")
+        _require_dir(routing.embedding.model_path)
+        from router_model.embedding import EmbeddingRouter
+
+        return EmbeddingRouter(routing.embedding.model_path, routes, threshold=routing.embedding.threshold,
+                               providers=routing.execution_providers)
+    if routing.model_path is None:
+        raise RouterModelMissing("routing.model_path is not set (export one with `outerloop router export`)")
+    _require_dir(routing.model_path)
+    from router_model.onnx_router import OnnxRouter
+
+    return OnnxRouter(routing.model_path, routes, profile=routing.profile, providers=routing.execution_providers,
+                      max_conversation_tokens=routing.max_conversation_tokens)
+
+
+def _require_dir(path: str) -> None:
+    if not Path(path).is_dir():
+        raise RouterModelMissing(f"router model directory {path} does not exist")
+
+
+class SharedBackend:
+    """One backend per worker process, built off the event loop at startup, closed with the last user."""
+
+    def __init__(self, routing: Routing, routes: RouteSet) -> None:
+        self.routing = routing
+        self.routes = routes
+        self.backend: RouterBackend | None = None
+        #: Why there is no backend, when building it failed; requests then go to the default model.
+        self.unavailable: str | None = None
+        self._users = 0
+        self._lock = asyncio.Lock()
+        self._logged: set[str] = set()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            self._users += 1
+            if self._users > 1:
+                return
+            try:
+                loop = asyncio.get_running_loop()
+                self.backend = await loop.run_in_executor(None, build_backend, self.routing, self.routes)
+                log.info("router backend %s ready (%d routes)", self.backend.name, len(self.routes))
+            except Exception as exc:
+                self.backend = None
+                self.unavailable = "model_missing" if isinstance(exc, RouterModelMissing) else "engine_error"
+                log.error("router unavailable, every request goes to its requested or default model: %s", exc)
+
+    async def release(self) -> None:
+        async with self._lock:
+            self._users -= 1
+            if self._users == 0 and self.backend is not None:
+                await self.backend.aclose()
+                self.backend = None
+
+    def log_once(self, reason: str, detail: str) -> None:
+        """Fallbacks are logged the first time per reason; traces and metrics carry every one."""
+        if reason not in self._logged:
+            self._logged.add(reason)
+            log.warning("router fell back to the default model (%s): %s; further ones are not logged",
+                        reason, detail)
