@@ -64,21 +64,23 @@ class RouterFilter(Filter):
     async def _decide(self, flow: Flow) -> Decision | None:
         backend = self.shared.backend
         if backend is None:
-            return self._fallback(flow, self.shared.unavailable or "model_missing", "no router backend")
+            self._fallback(flow, self.shared.unavailable or "model_missing", "no router backend")
+            return None
         messages = flow.json.get("messages") or []
         try:
             decision = await asyncio.wait_for(backend.decide(messages), self.budget)
         except asyncio.TimeoutError:
-            return self._fallback(flow, "budget_exceeded", f"no decision within {self.routing.budget_ms} ms")
+            self._fallback(flow, "budget_exceeded", f"no decision within {self.routing.budget_ms} ms")
+            return None
         except Exception as exc:
-            return self._fallback(flow, "engine_error", f"{type(exc).__name__}: {exc}")
+            self._fallback(flow, "engine_error", f"{type(exc).__name__}: {exc}")
+            return None
         flow.annotations["router.latency_ms"] = decision.latency_ms
         return decision
 
     def _fallback(self, flow: Flow, reason: str, detail: str) -> None:
         flow.annotations["router.fallback"] = reason
         self.shared.log_once(reason, detail)
-        return None
 
 
 _SHARED: dict[int, tuple[Any, SharedBackend]] = {}
