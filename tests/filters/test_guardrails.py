@@ -240,7 +240,7 @@ def classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, models, pre_tokenizers  # type: ignore[import-untyped]
 
     directory = tmp_path_factory.mktemp("classifier")
     vocab = {"[UNK]": 0, "hello": 1, "evil": 2, "world": 3}

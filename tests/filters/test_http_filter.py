@@ -72,8 +72,9 @@ def filtered(base: str, url: str, **settings: Any) -> dict[str, Any]:
     return proxy_config(base, filters=[{"name": "http_filter", "config": {"url": url, **settings}}])
 
 
-def chat(proxy_url: str, content: str = "hi", stream: bool = False, **headers: str) -> httpx.Response:
-    return httpx.post(proxy_url + "/v1/chat/completions", headers=headers, timeout=10,
+def chat(proxy_url: str, content: str = "hi", stream: bool = False,
+         headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(proxy_url + "/v1/chat/completions", headers=headers or {}, timeout=10,
                       json={"model": "test-model", "stream": stream, "messages": [{"role": "user", "content": content}]})
 
 
@@ -84,7 +85,7 @@ def test_replacement_reaches_upstream_with_headers(upstream: tuple[Upstream, str
     config = filtered(base, url + "/replace?token=secret", headers={"authorization": "Bearer svc"},
                       forward_headers=["X-Team"])
     with run_proxy(config) as proxy:
-        answer = chat(proxy.url, "original text", **{"x-team": "blue", "x-request-id": "req-42"})
+        answer = chat(proxy.url, "original text", headers={"x-team": "blue", "x-request-id": "req-42"})
         assert answer.status_code == 200
         assert server.seen[-1].json["messages"][0]["content"] == "rewritten by the service"
         mode, headers, body = svc.seen[-1]
