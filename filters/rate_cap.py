@@ -1,0 +1,433 @@
+"""Rate caps: requests (GCRA), tokens (token bucket) and concurrency per principal, model, route, IP or header."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from core.filter import Filter, FilterContext, LocalReply
+from core.flow import Flow
+from core.hookspecs import hookimpl
+from core.plugins import RegisterFilter
+from filters.rate_cap_usage import UsageReader, estimate_input_tokens
+
+log = logging.getLogger("outerloop.rate_cap")
+
+Kind = Literal["requests", "tokens", "concurrent"]
+_UNITS = {"s": 1.0, "second": 1.0, "m": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0, "d": 86400.0, "day": 86400.0}
+_WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)?\s*(s|second|m|minute|h|hour|d|day)s?\s*$")
+_EPSILON = 1e-6
+_KEY_PART = re.compile(r"^(principal|model|route|client_ip|global|header:[a-z0-9_-]+)$")
+
+
+class Cap(BaseModel):
+    """One cap: exactly one of `requests`, `tokens` or `concurrent`, counted per key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(default=None, description="stable name (appears in errors and backend keys)")
+    requests: int | None = Field(default=None, gt=0, description="requests per window")
+    tokens: int | None = Field(default=None, gt=0, description="input + output tokens per window")
+    concurrent: int | None = Field(default=None, gt=0, description="requests in flight at once")
+    window: float = Field(default=60.0, gt=0, description="seconds, or a duration such as 10s, 1m, 1h, 1d")
+    burst: int | None = Field(default=None, gt=0, description="requests allowed at once (default: all of `requests`)")
+    key: list[str] = Field(default=["principal"], min_length=1,
+                           description="principal, model, route, client_ip, global or header:<name>")
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            match = _WINDOW.match(value.lower())
+            if match is None:
+                raise ValueError(f"expected seconds or a duration such as 10s, 1m, 1h, 1d; got {value!r}")
+            return float(match.group(1) or 1) * _UNITS[match.group(2)]
+        return value
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _parts(cls, value: Any) -> Any:
+        parts = [value] if isinstance(value, str) else value
+        if isinstance(parts, list):
+            parts = [p.lower() if isinstance(p, str) else p for p in parts]
+            for part in parts:
+                if not isinstance(part, str) or not _KEY_PART.match(part):
+                    raise ValueError(f"unknown key part {part!r} (expected principal, model, route, client_ip, "
+                                     "global or header:<name>)")
+        return parts
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Cap:
+        if sum(v is not None for v in (self.requests, self.tokens, self.concurrent)) != 1:
+            raise ValueError("give exactly one of requests, tokens or concurrent")
+        if self.burst is not None and self.requests is None:
+            raise ValueError("burst applies to requests caps only")
+        return self
+
+    @property
+    def kind(self) -> Kind:
+        return "requests" if self.requests is not None else "tokens" if self.tokens is not None else "concurrent"
+
+    @property
+    def limit(self) -> int:
+        return self.requests or self.tokens or self.concurrent or 0
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        per = "" if self.kind == "concurrent" else f"-per-{self.window:g}s"
+        return f"{self.kind}{per}-by-{'+'.join(self.key)}"
+
+
+class RedisSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(description="redis://[user:password@]host:port/db, rediss://... or unix://...")
+    timeout_seconds: float = Field(default=0.25, gt=0, le=5, description="socket connect and read timeout")
+    max_connections: int = Field(default=64, gt=0)
+    key_prefix: str = "outerloop:rate_cap"
+    retry_after_failure_seconds: float = Field(default=1.0, ge=0, description="skip Redis this long after a failure")
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        return value
+
+
+class RateCapConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    caps: list[Cap] = Field(min_length=1)
+    backend: Literal["memory", "redis"] = "memory"
+    redis: RedisSettings | None = None
+    on_backend_error: Literal["fail_open", "fail_closed"] = "fail_open"
+    warn_interval_seconds: float = Field(default=30.0, gt=0, description="at most one backend warning per interval")
+    concurrency_lease_seconds: float = Field(default=900.0, gt=0,
+                                             description="Redis only: a slot held longer (crashed proxy) is freed")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RateCapConfig:
+        if self.backend == "redis" and self.redis is None:
+            raise ValueError("backend redis needs a redis section with a url")
+        labels = [cap.label for cap in self.caps]
+        for i, label in enumerate(labels):
+            if labels.index(label) != i:
+                raise ValueError(f"caps[{i}]: two caps are named {label!r}; give them distinct names")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One cap applied to one request: the backend key, the cap's parameters and what the request costs."""
+
+    kind: Kind
+    key: str
+    limit: int
+    window: float
+    burst: int
+    cost: float
+    cap: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    admitted: bool
+    limit: int
+    remaining: float
+    reset: float
+    retry_after: float
+
+
+class BackendUnavailable(Exception):
+    """The shared store could not be reached in time; the filter applies `on_backend_error`."""
+
+
+class Backend(Protocol):
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def acquire(self, checks: Sequence[Check], lease: str) -> list[Outcome]:
+        """Evaluate every check; commit all of them only if all admit (nothing is consumed otherwise)."""
+
+    async def settle(self, debits: Sequence[tuple[Check, float]], releases: Sequence[Check], lease: str) -> None:
+        """Debit (or credit, when negative) token buckets after the call and free concurrency slots."""
+
+    def describe(self) -> str: ...
+
+
+def gcra(tat: float | None, now: float, c: Check) -> tuple[Outcome, float | None]:
+    """Generic cell rate: the theoretical arrival time moves by window/limit per request; returns the new TAT."""
+    interval = c.window / c.limit
+    tolerance = interval * c.burst + _EPSILON  # N intervals of window/N must fit the window despite rounding
+    tat = now if tat is None or tat < now else tat
+    new_tat = tat + interval * c.cost
+    if new_tat - now <= tolerance:
+        return Outcome(True, c.limit, math.floor((tolerance - (new_tat - now)) / interval), new_tat - now, 0.0), new_tat
+    return Outcome(False, c.limit, max(0, math.floor((tolerance - (tat - now)) / interval)), tat - now,
+                   new_tat - now - tolerance), None
+
+
+def refill(level: float | None, since: float, now: float, c: Check) -> float:
+    return float(c.limit) if level is None else min(float(c.limit), level + max(0.0, now - since) * c.limit / c.window)
+
+
+def bucket(level: float, c: Check) -> tuple[Outcome, float | None]:
+    """Token bucket: admits while the level covers the cost (capped at the size); the level may go negative."""
+    rate = c.limit / c.window
+    need = min(c.cost, c.limit)
+    if level >= need:
+        new = level - c.cost
+        return Outcome(True, c.limit, new, (c.limit - new) / rate, 0.0), new
+    return Outcome(False, c.limit, level, (c.limit - level) / rate, (need - level) / rate), None
+
+
+class MemoryBackend:
+    """Per-process state; atomic because the whole check-and-commit runs without awaiting."""
+
+    def __init__(self, clock: Any = time.monotonic, max_keys: int = 100_000) -> None:
+        self.clock = clock
+        self.max_keys = max_keys
+        self.tats: dict[str, float] = {}
+        #: key -> (level, when it was measured, when it is full again)
+        self.levels: dict[str, tuple[float, float, float]] = {}
+        self.active: dict[str, int] = {}
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return "memory"
+
+    async def acquire(self, checks: Sequence[Check], lease: str) -> list[Outcome]:
+        now = self.clock()
+        results: list[tuple[Outcome, Any]] = []
+        for c in checks:
+            if c.kind == "requests":
+                results.append(gcra(self.tats.get(c.key), now, c))
+            elif c.kind == "tokens":
+                level, since, _ = self.levels.get(c.key, (None, now, now))
+                results.append(bucket(refill(level, since, now, c), c))
+            else:
+                active = self.active.get(c.key, 0)
+                ok = active < c.limit
+                results.append((Outcome(ok, c.limit, max(0, c.limit - active - int(ok)), 0.0 if ok else 1.0,
+                                        0.0 if ok else 1.0), ok))
+        if all(outcome.admitted for outcome, _ in results):
+            for c, (_, new) in zip(checks, results):
+                if c.kind == "requests":
+                    self.tats[c.key] = new
+                elif c.kind == "tokens":
+                    self._set_level(c, new, now)
+                else:
+                    self.active[c.key] = self.active.get(c.key, 0) + 1
+            if len(self.tats) + len(self.levels) > self.max_keys:
+                self._sweep(now)
+        return [outcome for outcome, _ in results]
+
+    async def settle(self, debits: Sequence[tuple[Check, float]], releases: Sequence[Check], lease: str) -> None:
+        now = self.clock()
+        for c, amount in debits:
+            level, since, _ = self.levels.get(c.key, (None, now, now))
+            self._set_level(c, min(float(c.limit), refill(level, since, now, c) - amount), now)
+        for c in releases:
+            left = self.active.get(c.key, 0) - 1
+            if left > 0:
+                self.active[c.key] = left
+            else:
+                self.active.pop(c.key, None)
+
+    def _set_level(self, c: Check, level: float, now: float) -> None:
+        self.levels[c.key] = (level, now, now + (c.limit - level) * c.window / c.limit)
+
+    def _sweep(self, now: float) -> None:
+        """Forget keys whose state equals a fresh one: TAT passed, bucket full again."""
+        self.tats = {k: tat for k, tat in self.tats.items() if tat > now}
+        self.levels = {k: v for k, v in self.levels.items() if v[2] > now}
+
+
+@dataclass
+class _Admission:
+    checks: list[Check]
+    lease: str
+    estimate: int = 0
+    reader: UsageReader | None = None
+    settled: bool = False
+
+
+class RateCapFilter(Filter):
+    """Admits a request only if every configured cap admits it; settles tokens and slots when it completes."""
+
+    def __init__(self, settings: RateCapConfig, backend: Backend, listener: str) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.listener = listener
+        self.counts_tokens = any(cap.kind == "tokens" for cap in settings.caps)
+        self._warned_at = -math.inf
+        self._suppressed = 0
+        self._down = False
+
+    @classmethod
+    def from_config(cls, settings: RateCapConfig, context: FilterContext) -> RateCapFilter:
+        backend: Backend
+        if settings.backend == "redis":
+            from filters.rate_cap_redis import RedisBackend
+
+            assert settings.redis is not None
+            backend = RedisBackend(settings.redis, settings.concurrency_lease_seconds)
+        else:
+            backend = MemoryBackend()
+        kind = TokenRateCapFilter if any(cap.kind == "tokens" for cap in settings.caps) else RateCapFilter
+        return kind(settings, backend, context.listener.name)
+
+    async def start(self) -> None:
+        await self.backend.start()
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    def key_of(self, flow: Flow, cap: Cap) -> str:
+        values = [_part(flow, part).replace("\\", "\\\\").replace("|", "\\|") for part in cap.key]
+        return f"{self.listener}:{cap.label}:{'|'.join(values)}"
+
+    async def on_request(self, flow: Flow) -> LocalReply | None:
+        estimate = estimate_input_tokens(flow.json) if self.counts_tokens else 0
+        checks = [
+            Check(cap.kind, self.key_of(flow, cap), cap.limit, cap.window, cap.burst or cap.limit,
+                  float(estimate) if cap.kind == "tokens" else 1.0, cap.label)
+            for cap in self.settings.caps
+        ]
+        lease = f"{flow.request_id}:{uuid.uuid4().hex[:12]}"
+        try:
+            outcomes = await self.backend.acquire(checks, lease)
+        except BackendUnavailable as exc:
+            return self._backend_failed(flow, exc)
+        if self._down:
+            self._down = False
+            log.warning("rate_cap: backend %s is reachable again; caps apply", self.backend.describe())
+        rejected = [(c, o) for c, o in zip(checks, outcomes) if not o.admitted]
+        if rejected:
+            check, outcome = max(rejected, key=lambda item: item[1].retry_after)
+            only_slots = all(c.kind == "concurrent" for c, _ in rejected)
+            wait = max(1, math.ceil(outcome.retry_after))
+            what = (f"{check.limit} concurrent requests" if check.kind == "concurrent"
+                    else f"{check.limit} {check.kind} per {check.window:g}s")
+            return LocalReply(429, f"rate cap {check.cap!r} exceeded ({what}); retry in {wait}s",
+                              "rate_cap.concurrency" if only_slots else "rate_cap.exceeded",
+                              {"retry-after": str(wait), **_headers(outcome)})
+        admission = _Admission(checks, lease, estimate)
+        flow.state[self.name] = admission
+        tightest = min(outcomes, key=lambda o: o.remaining / o.limit)
+        flow.extra_headers.update(_headers(tightest))
+        self.prepare(flow, admission)
+        return None
+
+    def prepare(self, flow: Flow, admission: _Admission) -> None:
+        """Hook for the token-counting variant: arrange to see the response's usage."""
+
+    def _backend_failed(self, flow: Flow, exc: BackendUnavailable) -> LocalReply | None:
+        closed = self.settings.on_backend_error == "fail_closed"
+        self._down = True
+        now = time.monotonic()
+        if now - self._warned_at >= self.settings.warn_interval_seconds:
+            also = f" ({self._suppressed} more since the last warning)" if self._suppressed else ""
+            log.warning("rate_cap: backend %s unavailable: %s; %s%s", self.backend.describe(), exc,
+                        "refusing requests with 503 (fail_closed)" if closed
+                        else "admitting requests without caps (fail_open)", also)
+            self._warned_at, self._suppressed = now, 0
+        else:
+            self._suppressed += 1
+        flow.annotations["rate_cap.backend_unavailable"] = True
+        if closed:
+            return LocalReply(503, "rate caps cannot be checked right now (backend unavailable); retry shortly",
+                              "rate_cap.backend_unavailable", {"retry-after": "1"})
+        return None
+
+    async def on_complete(self, flow: Flow, error: BaseException | None) -> None:
+        admission = flow.state.get(self.name)
+        if not isinstance(admission, _Admission) or admission.settled:
+            return
+        admission.settled = True
+        releases = [c for c in admission.checks if c.kind == "concurrent"]
+        debits: list[tuple[Check, float]] = []
+        if admission.reader is not None:
+            usage = admission.reader.usage
+            if usage is not None:
+                flow.usage = flow.usage or usage
+                amount = float(usage["total_tokens"] - admission.estimate)
+            elif flow.attempts == 0 or (flow.response_status or 0) >= 400:
+                amount = -float(admission.estimate)  # no tokens were spent: give the estimate back
+            else:
+                amount = 0.0
+            if amount:
+                debits = [(c, amount) for c in admission.checks if c.kind == "tokens"]
+        if debits or releases:
+            try:
+                await self.backend.settle(debits, releases, admission.lease)
+            except BackendUnavailable as exc:
+                log.warning("rate_cap: could not settle request %s on %s: %s", flow.request_id,
+                            self.backend.describe(), exc)
+
+
+class TokenRateCapFilter(RateCapFilter):
+    """The variant with token caps: it reads usage from response bodies (a plain cap never touches bodies)."""
+
+    def prepare(self, flow: Flow, admission: _Admission) -> None:
+        strip = False
+        if flow.stream and flow.api == "openai":
+            options = flow.json.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage") is True):
+                flow.json["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+                flow.json_changed()
+                strip = True
+        admission.reader = UsageReader(flow.stream, strip)
+
+    async def on_response_chunk(self, flow: Flow, chunk: bytes, end: bool) -> bytes | LocalReply:
+        admission = flow.state.get(self.name)
+        if not isinstance(admission, _Admission) or admission.reader is None:
+            return chunk
+        return admission.reader.feed(chunk, end)
+
+
+def _part(flow: Flow, part: str) -> str:
+    if part == "principal":
+        name = getattr(flow.principal, "name", None)
+        return str(name) if name else "-"
+    if part == "model":
+        return flow.targets[0].model if flow.targets else flow.model or "-"
+    if part == "route":
+        return flow.route or "-"
+    if part == "client_ip":
+        return flow.client[0] if flow.client else "-"
+    if part == "global":
+        return "*"
+    value = flow.headers.get(part[7:])
+    # Header values may be long or sensitive: the key holds a digest, never the value.
+    return hashlib.blake2b(value.encode(), digest_size=8).hexdigest() if value else "-"
+
+
+def _headers(outcome: Outcome) -> dict[str, str]:
+    return {
+        "x-ratelimit-limit": str(outcome.limit),
+        "x-ratelimit-remaining": str(max(0, math.floor(outcome.remaining))),
+        "x-ratelimit-reset": str(max(0, math.ceil(outcome.reset))),
+    }
+
+
+@hookimpl
+def outerloop_register_filters(register: RegisterFilter) -> None:
+    register("rate_cap", RateCapFilter.from_config, RateCapConfig)

@@ -1,0 +1,296 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import redis
+
+from core.flow import Flow
+from filters.rate_cap import Check, RateCapConfig, RateCapFilter, RedisSettings, TokenRateCapFilter
+from filters.rate_cap_redis import RedisBackend
+from tests.conftest import proxy_config
+from tests.harness import free_port, run_proxy, wait_for_port, write_config
+from tests.upstream import Upstream
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def settings(url: str, **extra: Any) -> RedisSettings:
+    return RedisSettings(url=url, key_prefix=f"test:{uuid.uuid4().hex[:8]}", **extra)
+
+
+def check(kind: str, key: str, limit: int, window: float = 3600.0, cost: float = 1.0, burst: int | None = None) -> Check:
+    return Check(kind, key, limit, window, burst or limit, cost, key)  # type: ignore[arg-type]
+
+
+def make_flow(principal: str = "alice", content: str = "hi") -> Flow:
+    body = {"model": "m", "messages": [{"role": "user", "content": content}]}
+    flow = Flow(request_id=uuid.uuid4().hex, listener="test", api="openai", method="POST",
+                path="/v1/chat/completions", headers={}, body=json.dumps(body).encode(), json_body=body)
+    flow.principal = SimpleNamespace(name=principal)
+    return flow
+
+
+def make_filter(url: str, caps: list[dict[str, Any]], **extra: Any) -> RateCapFilter:
+    config = RateCapConfig.model_validate({
+        "caps": caps, "backend": "redis",
+        "redis": {"url": url, "key_prefix": f"test:{uuid.uuid4().hex[:8]}", **extra.pop("redis", {})}, **extra,
+    })
+    kind = TokenRateCapFilter if any("tokens" in cap for cap in caps) else RateCapFilter
+    assert config.redis is not None
+    flt = kind(config, RedisBackend(config.redis, config.concurrency_lease_seconds), "test")
+    flt.name = "rate_cap"
+    return flt
+
+
+def test_gcra_admits_n_and_reports_retry_after(redis_url: str) -> None:
+    async def scenario() -> None:
+        backend = RedisBackend(settings(redis_url), 900)
+        await backend.start()
+        try:
+            results = [await backend.acquire([check("requests", "k", 4, window=60)], f"l{i}") for i in range(6)]
+        finally:
+            await backend.close()
+        assert [r[0].admitted for r in results] == [True] * 4 + [False] * 2
+        assert [r[0].remaining for r in results[:4]] == [3, 2, 1, 0]
+        assert 14.5 < results[4][0].retry_after <= 15.0  # one request every 15 s
+        assert 59 < results[4][0].reset <= 60
+    asyncio.run(scenario())
+
+
+def test_rejecting_cap_commits_nothing(redis_url: str) -> None:
+    base = settings(redis_url)
+    direct = redis.Redis.from_url(redis_url)
+
+    async def scenario() -> None:
+        backend = RedisBackend(base, 900)
+        await backend.start()
+        try:
+            assert (await backend.acquire([check("requests", "g", 1)], "l0"))[0].admitted
+            caps = [check("requests", "user", 5), check("tokens", "tok", 100, cost=10),
+                    check("concurrent", "slots", 3), check("requests", "g", 1)]
+            outcomes = await backend.acquire(caps, "l1")
+            assert [o.admitted for o in outcomes] == [True, True, True, False]
+        finally:
+            await backend.close()
+    asyncio.run(scenario())
+    for key in ("user", "tok", "slots"):
+        assert not direct.exists(f"{base.key_prefix}:{key}")
+    assert direct.exists(f"{base.key_prefix}:g")
+    direct.close()
+
+
+def test_tokens_debit_after_the_call_and_concurrency_leases(redis_url: str) -> None:
+    base = settings(redis_url)
+    direct = redis.Redis.from_url(redis_url)
+
+    async def scenario() -> None:
+        backend = RedisBackend(base, lease_seconds=0.3)
+        await backend.start()
+        try:
+            tokens = check("tokens", "t", 1000, window=3600, cost=100)
+            assert (await backend.acquire([tokens], "a"))[0].remaining == pytest.approx(900, abs=0.1)
+            await backend.settle([(tokens, 1500.0)], [], "a")
+            level = float(direct.hget(f"{base.key_prefix}:t", "level") or 0)
+            assert level == pytest.approx(-600, abs=1)
+            refused = (await backend.acquire([tokens], "b"))[0]
+            assert not refused.admitted and refused.retry_after == pytest.approx(700 * 3.6, rel=0.01)
+            slots = check("concurrent", "c", 1)
+            assert (await backend.acquire([slots], "lease-1"))[0].admitted
+            assert not (await backend.acquire([slots], "lease-2"))[0].admitted
+            await backend.settle([], [slots], "lease-1")
+            assert (await backend.acquire([slots], "lease-3"))[0].admitted
+            await asyncio.sleep(0.4)  # a proxy that died holding lease-3: its slot expires
+            assert (await backend.acquire([slots], "lease-4"))[0].admitted
+        finally:
+            await backend.close()
+    asyncio.run(scenario())
+    direct.close()
+
+
+def test_scripts_run_by_sha_and_survive_a_script_flush(redis_url: str) -> None:
+    direct = redis.Redis.from_url(redis_url)
+    before = direct.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+
+    async def scenario() -> None:
+        backend = RedisBackend(settings(redis_url), 900)
+        await backend.start()
+        try:
+            assert (await backend.acquire([check("requests", "k", 2)], "a"))[0].admitted
+            direct.script_flush()
+            assert (await backend.acquire([check("requests", "k", 2)], "b"))[0].admitted
+            assert not (await backend.acquire([check("requests", "k", 2)], "c"))[0].admitted
+        finally:
+            await backend.close()
+    asyncio.run(scenario())
+    assert direct.info("commandstats")["cmdstat_evalsha"]["calls"] >= before + 3
+    direct.close()
+
+
+def test_filter_against_redis_keeps_budget_across_instances(redis_url: str) -> None:
+    """Two filter instances (two processes' worth) on one prefix share one budget."""
+    async def scenario() -> None:
+        config = {"caps": [{"requests": 3, "window": "1h"}], "backend": "redis",
+                  "redis": {"url": redis_url, "key_prefix": f"test:{uuid.uuid4().hex[:8]}"}}
+        filters = []
+        for _ in range(2):
+            settings_ = RateCapConfig.model_validate(config)
+            assert settings_.redis is not None
+            flt = RateCapFilter(settings_, RedisBackend(settings_.redis, 900), "test")
+            flt.name = "rate_cap"
+            await flt.start()
+            filters.append(flt)
+        try:
+            replies = [await filters[i % 2].on_request(make_flow()) for i in range(5)]
+            assert [r is None for r in replies] == [True, True, True, False, False]
+            assert await filters[0].on_request(make_flow("bob")) is None
+        finally:
+            for flt in filters:
+                await flt.close()
+    asyncio.run(scenario())
+
+
+@pytest.fixture
+def dead_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts TCP connections and never answers (a wedged Redis)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("where", ["dead_port", "silent_port"])
+def test_redis_down_fail_open_admits_fast_and_warns_once(where: str, request: pytest.FixtureRequest,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    port = request.getfixturevalue(where)
+    url = f"redis://:hunter2@127.0.0.1:{port}/0"
+
+    async def scenario() -> list[Any]:
+        flt = make_filter(url, [{"requests": 1}, {"concurrent": 1}, {"tokens": 100}],
+                          redis={"retry_after_failure_seconds": 0})
+        await flt.start()
+        try:
+            results = []
+            for _ in range(3):
+                flow = make_flow()
+                started = time.monotonic()
+                results.append((await flt.on_request(flow), time.monotonic() - started))
+                await flt.on_complete(flow, None)
+            return results
+        finally:
+            await flt.close()
+    caplog.set_level(logging.WARNING, logger="outerloop.rate_cap")
+    results = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert all(reply is None for reply, _ in results)
+    assert all(elapsed < 2.0 for _, elapsed in results)
+    warnings = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+    assert len(warnings) == 1
+    assert f"redis://127.0.0.1:{port}/0 unavailable" in warnings[0] and "fail_open" in warnings[0]
+    assert "hunter2" not in caplog.text
+
+
+def test_redis_down_fail_closed_is_503_through_the_sdk(upstream: tuple[Upstream, str], silent_port: int,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    server, base = upstream
+    filters = [{"name": "rate_cap", "config": {
+        "caps": [{"requests": 100}], "backend": "redis", "on_backend_error": "fail_closed",
+        "redis": {"url": f"redis://127.0.0.1:{silent_port}/0", "timeout_seconds": 0.1}}}]
+    caplog.set_level(logging.WARNING, logger="outerloop.rate_cap")
+    with run_proxy(proxy_config(base, filters=filters)) as proxy:
+        with openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk", max_retries=0) as client:
+            for _ in range(2):
+                started = time.monotonic()
+                with pytest.raises(openai.InternalServerError) as failed:
+                    client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "x"}])
+                assert time.monotonic() - started < 2.0
+                assert failed.value.status_code == 503 and failed.value.code == "rate_cap.backend_unavailable"
+                assert failed.value.response.headers["retry-after"] == "1"
+    assert server.seen == []
+    assert "fail_closed" in caplog.text and f"127.0.0.1:{silent_port}" in caplog.text
+
+
+def test_openai_sdk_rate_limited_through_redis(upstream: tuple[Upstream, str], redis_url: str) -> None:
+    _, base = upstream
+    filters = [{"name": "rate_cap", "config": {
+        "caps": [{"requests": 1, "window": "1h", "key": "global"}], "backend": "redis",
+        "redis": {"url": redis_url, "key_prefix": f"test:{uuid.uuid4().hex[:8]}"}}}]
+    with run_proxy(proxy_config(base, filters=filters)) as proxy:
+        with openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk", max_retries=0) as client:
+            client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "x"}])
+            with pytest.raises(openai.RateLimitError) as limited:
+                client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "x"}])
+    assert limited.value.code == "rate_cap.exceeded"
+    assert 3590 <= int(limited.value.response.headers["retry-after"]) <= 3600
+
+
+@pytest.fixture
+def separate_proxy(upstream: tuple[Upstream, str], redis_url: str, tmp_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """An outerloop started as its own process (`python -m core.cli serve`), sharing Redis with the test."""
+    _, base = upstream
+    prefix = f"test:{uuid.uuid4().hex[:8]}"
+    filters = [{"name": "rate_cap", "config": {
+        "caps": [{"requests": 10, "window": "1m", "key": "global"}], "backend": "redis",
+        "redis": {"url": redis_url, "key_prefix": prefix}}}]
+    raw = proxy_config(base, filters=filters, server={"drain_seconds": 1})
+    port = free_port()
+    raw["listeners"][0]["port"] = port
+    path = write_config(raw, tmp_path)
+    process = subprocess.Popen([sys.executable, "-m", "core.cli", "serve", "-c", str(path)], cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port, timeout=15)
+        yield f"http://127.0.0.1:{port}", raw
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+def test_two_proxy_processes_share_one_budget(separate_proxy: tuple[str, dict[str, Any]]) -> None:
+    other_url, raw = separate_proxy
+    statuses: list[int] = []
+    lock = threading.Lock()
+    with run_proxy(raw | {"listeners": [{**raw["listeners"][0], "port": 0}]}) as proxy:
+        urls = [proxy.url, other_url]
+        for url in urls:  # both are up and talking to the upstream before the race
+            assert httpx.get(url + "/healthz").status_code == 200
+        barrier = threading.Barrier(30)
+
+        def call(i: int) -> None:
+            barrier.wait()
+            response = httpx.post(urls[i % 2] + "/v1/chat/completions", timeout=10,
+                                  json={"model": "test-model", "messages": [{"role": "user", "content": "x"}]})
+            with lock:
+                statuses.append(response.status_code)
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(30)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert sorted(statuses) == [200] * 10 + [429] * 20
