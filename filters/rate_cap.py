@@ -8,9 +8,9 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections import deque
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -18,14 +18,13 @@ from core.filter import Filter, FilterContext, LocalReply
 from core.flow import Flow
 from core.hookspecs import hookimpl
 from core.plugins import RegisterFilter
+from filters.rate_cap_memory import Backend, BackendUnavailable, Check, Kind, MemoryBackend, Outcome
 from filters.rate_cap_usage import UsageReader, estimate_input_tokens
 
 log = logging.getLogger("outerloop.rate_cap")
 
-Kind = Literal["requests", "tokens", "concurrent"]
 _UNITS = {"s": 1.0, "second": 1.0, "m": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0, "d": 86400.0, "day": 86400.0}
 _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)?\s*(s|second|m|minute|h|hour|d|day)s?\s*$")
-_EPSILON = 1e-6
 _KEY_PART = re.compile(r"^(principal|model|route|client_ip|global|header:[a-z0-9_-]+)$")
 
 
@@ -128,136 +127,8 @@ class RateCapConfig(BaseModel):
         return self
 
 
-@dataclass(frozen=True, slots=True)
-class Check:
-    """One cap applied to one request: the backend key, the cap's parameters and what the request costs."""
-
-    kind: Kind
-    key: str
-    limit: int
-    window: float
-    burst: int
-    cost: float
-    cap: str
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    admitted: bool
-    limit: int
-    remaining: float
-    reset: float
-    retry_after: float
-
-
-class BackendUnavailable(Exception):
-    """The shared store could not be reached in time; the filter applies `on_backend_error`."""
-
-
-class Backend(Protocol):
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-
-    async def acquire(self, checks: Sequence[Check], lease: str) -> list[Outcome]:
-        """Evaluate every check; commit all of them only if all admit (nothing is consumed otherwise)."""
-
-    async def settle(self, debits: Sequence[tuple[Check, float]], releases: Sequence[Check], lease: str) -> None:
-        """Debit (or credit, when negative) token buckets after the call and free concurrency slots."""
-
-    def describe(self) -> str: ...
-
-
-def gcra(tat: float | None, now: float, c: Check) -> tuple[Outcome, float | None]:
-    """Generic cell rate: the theoretical arrival time moves by window/limit per request; returns the new TAT."""
-    interval = c.window / c.limit
-    tolerance = interval * c.burst + _EPSILON  # N intervals of window/N must fit the window despite rounding
-    tat = now if tat is None or tat < now else tat
-    new_tat = tat + interval * c.cost
-    if new_tat - now <= tolerance:
-        return Outcome(True, c.limit, math.floor((tolerance - (new_tat - now)) / interval), new_tat - now, 0.0), new_tat
-    return Outcome(False, c.limit, max(0, math.floor((tolerance - (tat - now)) / interval)), tat - now,
-                   new_tat - now - tolerance), None
-
-
-def refill(level: float | None, since: float, now: float, c: Check) -> float:
-    return float(c.limit) if level is None else min(float(c.limit), level + max(0.0, now - since) * c.limit / c.window)
-
-
-def bucket(level: float, c: Check) -> tuple[Outcome, float | None]:
-    """Token bucket: admits while the level covers the cost (capped at the size); the level may go negative."""
-    rate = c.limit / c.window
-    need = min(c.cost, c.limit)
-    if level >= need:
-        new = level - c.cost
-        return Outcome(True, c.limit, new, (c.limit - new) / rate, 0.0), new
-    return Outcome(False, c.limit, level, (c.limit - level) / rate, (need - level) / rate), None
-
-
-class MemoryBackend:
-    """Per-process state; atomic because the whole check-and-commit runs without awaiting."""
-
-    def __init__(self, clock: Any = time.monotonic, max_keys: int = 100_000) -> None:
-        self.clock = clock
-        self.max_keys = max_keys
-        self.tats: dict[str, float] = {}
-        #: key -> (level, when it was measured, when it is full again)
-        self.levels: dict[str, tuple[float, float, float]] = {}
-        self.active: dict[str, int] = {}
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    def describe(self) -> str:
-        return "memory"
-
-    async def acquire(self, checks: Sequence[Check], lease: str) -> list[Outcome]:
-        now = self.clock()
-        results: list[tuple[Outcome, Any]] = []
-        for c in checks:
-            if c.kind == "requests":
-                results.append(gcra(self.tats.get(c.key), now, c))
-            elif c.kind == "tokens":
-                level, since, _ = self.levels.get(c.key, (None, now, now))
-                results.append(bucket(refill(level, since, now, c), c))
-            else:
-                active = self.active.get(c.key, 0)
-                ok = active < c.limit
-                results.append((Outcome(ok, c.limit, max(0, c.limit - active - int(ok)), 0.0 if ok else 1.0,
-                                        0.0 if ok else 1.0), ok))
-        if all(outcome.admitted for outcome, _ in results):
-            for c, (_, new) in zip(checks, results):
-                if c.kind == "requests":
-                    self.tats[c.key] = new
-                elif c.kind == "tokens":
-                    self._set_level(c, new, now)
-                else:
-                    self.active[c.key] = self.active.get(c.key, 0) + 1
-            if len(self.tats) + len(self.levels) > self.max_keys:
-                self._sweep(now)
-        return [outcome for outcome, _ in results]
-
-    async def settle(self, debits: Sequence[tuple[Check, float]], releases: Sequence[Check], lease: str) -> None:
-        now = self.clock()
-        for c, amount in debits:
-            level, since, _ = self.levels.get(c.key, (None, now, now))
-            self._set_level(c, min(float(c.limit), refill(level, since, now, c) - amount), now)
-        for c in releases:
-            left = self.active.get(c.key, 0) - 1
-            if left > 0:
-                self.active[c.key] = left
-            else:
-                self.active.pop(c.key, None)
-
-    def _set_level(self, c: Check, level: float, now: float) -> None:
-        self.levels[c.key] = (level, now, now + (c.limit - level) * c.window / c.limit)
-
-    def _sweep(self, now: float) -> None:
-        """Forget keys whose state equals a fresh one: TAT passed, bucket full again."""
-        self.tats = {k: tat for k, tat in self.tats.items() if tat > now}
-        self.levels = {k: v for k, v in self.levels.items() if v[2] > now}
+_Settlement = tuple[list[tuple[Check, float]], list[Check], str]
+_FLUSH_BATCH = 100
 
 
 @dataclass
@@ -280,6 +151,8 @@ class RateCapFilter(Filter):
         self._warned_at = -math.inf
         self._suppressed = 0
         self._down = False
+        # Bounded: past it the oldest are dropped, and Redis' lease expiry frees their slots instead.
+        self._unsettled: deque[_Settlement] = deque(maxlen=10_000)
 
     @classmethod
     def from_config(cls, settings: RateCapConfig, context: FilterContext) -> RateCapFilter:
@@ -313,6 +186,8 @@ class RateCapFilter(Filter):
         ]
         lease = f"{flow.request_id}:{uuid.uuid4().hex[:12]}"
         try:
+            if self._unsettled:
+                await self._flush()
             outcomes = await self.backend.acquire(checks, lease)
         except BackendUnavailable as exc:
             return self._backend_failed(flow, exc)
@@ -341,21 +216,24 @@ class RateCapFilter(Filter):
 
     def _backend_failed(self, flow: Flow, exc: BackendUnavailable) -> LocalReply | None:
         closed = self.settings.on_backend_error == "fail_closed"
-        self._down = True
-        now = time.monotonic()
-        if now - self._warned_at >= self.settings.warn_interval_seconds:
-            also = f" ({self._suppressed} more since the last warning)" if self._suppressed else ""
-            log.warning("rate_cap: backend %s unavailable: %s; %s%s", self.backend.describe(), exc,
-                        "refusing requests with 503 (fail_closed)" if closed
-                        else "admitting requests without caps (fail_open)", also)
-            self._warned_at, self._suppressed = now, 0
-        else:
-            self._suppressed += 1
+        self._warn(exc, "refusing requests with 503 (fail_closed)" if closed
+                   else "admitting requests without caps (fail_open)")
         flow.annotations["rate_cap.backend_unavailable"] = True
         if closed:
             return LocalReply(503, "rate caps cannot be checked right now (backend unavailable); retry shortly",
                               "rate_cap.backend_unavailable", {"retry-after": "1"})
         return None
+
+    def _warn(self, exc: BackendUnavailable, consequence: str) -> None:
+        """One warning per interval, however many requests fail in between (they are counted)."""
+        self._down = True
+        now = time.monotonic()
+        if now - self._warned_at >= self.settings.warn_interval_seconds:
+            also = f" ({self._suppressed} more since the last warning)" if self._suppressed else ""
+            log.warning("rate_cap: backend %s unavailable: %s; %s%s", self.backend.describe(), exc, consequence, also)
+            self._warned_at, self._suppressed = now, 0
+        else:
+            self._suppressed += 1
 
     async def on_complete(self, flow: Flow, error: BaseException | None) -> None:
         admission = flow.state.get(self.name)
@@ -376,11 +254,21 @@ class RateCapFilter(Filter):
             if amount:
                 debits = [(c, amount) for c in admission.checks if c.kind == "tokens"]
         if debits or releases:
-            try:
-                await self.backend.settle(debits, releases, admission.lease)
-            except BackendUnavailable as exc:
-                log.warning("rate_cap: could not settle request %s on %s: %s", flow.request_id,
-                            self.backend.describe(), exc)
+            await self._settle((debits, releases, admission.lease))
+
+    async def _settle(self, settlement: _Settlement) -> None:
+        """Settle this request, and first those that found the backend down (else their slots stay held)."""
+        try:
+            await self._flush()
+            await self.backend.settle(*settlement)
+        except BackendUnavailable as exc:
+            self._unsettled.append(settlement)
+            self._warn(exc, f"{len(self._unsettled)} finished request(s) will be settled when it is back")
+
+    async def _flush(self) -> None:
+        for _ in range(min(len(self._unsettled), _FLUSH_BATCH)):
+            await self.backend.settle(*self._unsettled[0])
+            self._unsettled.popleft()
 
 
 class TokenRateCapFilter(RateCapFilter):

@@ -194,8 +194,9 @@ def test_hs256_token_maps_claims_to_principal() -> None:
     assert "authorization" not in flow.headers
     listed = hs({"email": "d@x.io", "iss": "https://idp", "aud": "outerloop", "models": ["o3"]})
     assert rejected(flt, make_flow({"authorization": f"Bearer {listed}"})).details == "auth.model_forbidden"
-    # API keys keep working next to JWTs.
+    # API keys keep working next to JWTs; a wrong key is still reported as a key, not as a token.
     assert run(flt, make_flow({"x-api-key": ALICE})) is None
+    assert rejected(flt, make_flow({"x-api-key": "sk-unknown"})).details == "auth.invalid_key"
 
 
 @pytest.mark.parametrize(("claims", "details"), [
@@ -247,7 +248,7 @@ def test_malformed_tokens_are_invalid_token(token: str) -> None:
 def test_forged_tokens_are_refused() -> None:
     flt = jwt_filter()
     wrong_secret = hs({"sub": "u"}, secret="another-secret-that-is-also-long-enough!!")
-    unsigned = jwt.encode({"sub": "u", "exp": int(time.time()) + 60}, None, algorithm="none")
+    unsigned = jwt.encode({"sub": "u", "exp": int(time.time()) + 60}, "", algorithm="none")
     tampered = hs({"sub": "u"}).split(".")
     tampered[1] = jwt.utils.base64url_encode(json.dumps({"sub": "admin", "exp": 2**31}).encode()).decode()
     for token in (wrong_secret, unsigned, ".".join(tampered)):

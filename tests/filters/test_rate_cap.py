@@ -19,7 +19,8 @@ from core.filter import LocalReply
 from core.flow import Flow
 from core.plugins import build_registry
 from core.upstream import Target
-from filters.rate_cap import BackendUnavailable, MemoryBackend, RateCapConfig, RateCapFilter, TokenRateCapFilter
+from filters.rate_cap import RateCapConfig, RateCapFilter, TokenRateCapFilter
+from filters.rate_cap_memory import BackendUnavailable, MemoryBackend
 from filters.rate_cap_usage import UsageReader, estimate_input_tokens
 from tests.conftest import proxy_config
 from tests.harness import run_proxy
@@ -467,3 +468,26 @@ def test_backend_failure_policy_and_recovery_are_logged(caplog: pytest.LogCaptur
     backend.down = True
     request(flt)
     assert caplog.records[-1].getMessage().endswith("(2 more since the last warning)")
+
+
+class FlakySettleBackend(FlakyBackend):
+    async def settle(self, debits: Any, releases: Any, lease: str) -> None:
+        if self.down:
+            raise BackendUnavailable("TimeoutError")
+        await super().settle(debits, releases, lease)
+
+
+def test_settlements_missed_while_down_are_replayed(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="outerloop.rate_cap")
+    backend = FlakySettleBackend()
+    backend.down = False
+    flt = RateCapFilter(RateCapConfig.model_validate({"caps": [{"concurrent": 1}]}), backend, "test")
+    flt.name = "rate_cap"
+    held = make_flow()
+    assert request(flt, held) is None
+    backend.down = True
+    complete(flt, held)
+    assert "1 finished request(s) will be settled when it is back" in caplog.text
+    backend.down = False
+    assert request(flt) is None  # the missed release was replayed first, so the slot is free again
+    assert backend.active == {"test:concurrent-by-principal:alice": 1}

@@ -21,7 +21,8 @@ import pytest
 import redis
 
 from core.flow import Flow
-from filters.rate_cap import Check, RateCapConfig, RateCapFilter, RedisSettings, TokenRateCapFilter
+from filters.rate_cap import RateCapConfig, RateCapFilter, RedisSettings, TokenRateCapFilter
+from filters.rate_cap_memory import Check
 from filters.rate_cap_redis import RedisBackend
 from tests.conftest import proxy_config
 from tests.harness import free_port, run_proxy, wait_for_port, write_config
