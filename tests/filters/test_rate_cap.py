@@ -8,6 +8,7 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -491,3 +492,27 @@ def test_settlements_missed_while_down_are_replayed(caplog: pytest.LogCaptureFix
     backend.down = False
     assert request(flt) is None  # the missed release was replayed first, so the slot is free again
     assert backend.active == {"test:concurrent-by-principal:alice": 1}
+
+
+def test_usage_counted_across_api_shapes(upstream: tuple[Upstream, str]) -> None:
+    server, base = upstream
+    filters = [{"name": "rate_cap", "config": {"caps": [{"tokens": 1000, "window": "1h", "key": "global"}]}}]
+    config = proxy_config(base, filters=filters)
+    config["model_providers"].append({"model": "anthropic/claude-test", "base_url": base})
+    messages: Any = [{"role": "user", "content": "hi"}]
+    with run_proxy(config) as proxy:
+        flt = proxy.runtime.chains[0].chain.filters[0]
+        backend = flt.backend
+        assert isinstance(backend, MemoryBackend)
+
+        def level() -> float:
+            return backend.levels["test:tokens-per-3600s-by-global:*"][0]
+        with anthropic.Anthropic(base_url=proxy.url, api_key="sk", max_retries=0) as client:
+            for model in ("anthropic/claude-test", "test-model"):  # Anthropic upstream, then OpenAI upstream
+                with client.messages.stream(model=model, max_tokens=10, messages=messages) as stream:
+                    assert stream.get_final_message().usage.output_tokens == 5
+        assert level() == pytest.approx(1000 - 2 * 12, abs=0.1)
+        with openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk", max_retries=0) as oai:
+            chunks = list(oai.chat.completions.create(model="anthropic/claude-test", messages=messages, stream=True))
+        assert chunks and all(c.usage is None and c.choices for c in chunks)
+        assert level() == pytest.approx(1000 - 3 * 12, abs=0.1)
