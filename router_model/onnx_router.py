@@ -189,10 +189,10 @@ class OnnxRouter:
             start_worker = not self._draining
             self._draining = True
         if start_worker:
-            loop.run_in_executor(self._pool, self._drain, loop)
+            loop.run_in_executor(self._pool, self._drain)
         return await future
 
-    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _drain(self) -> None:
         while True:
             with self._lock:
                 if not self._pending:
@@ -206,15 +206,23 @@ class OnnxRouter:
                 decisions = self.decide_batch_sync([p[0] for p in take], take[0][1])
             except Exception as exc:  # noqa: BLE001 - delivered to every waiting caller
                 for _, _, fut, _ in take:
-                    loop.call_soon_threadsafe(_set_exception, fut, exc)
+                    _deliver(fut, _set_exception, exc)
                 continue
             now = time.perf_counter()
             for (_, _, fut, enqueued), decision in zip(take, decisions, strict=True):
                 total = dataclasses.replace(decision, latency_ms=(now - enqueued) * 1000)
-                loop.call_soon_threadsafe(_set_result, fut, total)
+                _deliver(fut, _set_result, total)
 
     async def aclose(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _deliver(fut: asyncio.Future[Decision], setter: Any, value: Any) -> None:
+    # Each waiter is woken on its own loop: one worker thread can outlive the loop that started it.
+    try:
+        fut.get_loop().call_soon_threadsafe(setter, fut, value)
+    except RuntimeError:  # that loop is closed; nobody is waiting any more
+        pass
 
 
 def _set_result(fut: asyncio.Future[Decision], value: Decision) -> None:
