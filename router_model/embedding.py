@@ -1,0 +1,119 @@
+"""The `embedding` routing backend: a small ONNX sentence encoder compared against route descriptions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from router_model.backend import Decision, Message, RouterModelMissing
+from router_model.conversation import message_text
+from router_model.engine import resolve_providers
+from router_model.routes import Route, RouteSet
+
+
+class SentenceEncoder:
+    """Mean-pooled, L2-normalised sentence embeddings from an optimum `feature-extraction` export."""
+
+    def __init__(self, model_dir: str | Path, providers: Sequence[str] | None = None, max_length: int = 256) -> None:
+        model_dir = Path(model_dir)
+        if not (model_dir / "model.onnx").is_file() or not (model_dir / "tokenizer.json").is_file():
+            raise RouterModelMissing(f"{model_dir} needs model.onnx and tokenizer.json (an optimum feature-extraction export)")
+        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length)
+        self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id("[PAD]") or 0)
+        ort.set_default_logger_severity(4)
+        try:
+            self.session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=resolve_providers(providers))
+        finally:
+            ort.set_default_logger_severity(2)
+        self._inputs = {i.name for i in self.session.get_inputs()}
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        batch = self.tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in batch], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in batch], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        hidden = np.asarray(self.session.run(None, feeds)[0], dtype=np.float32)
+        weights = mask[:, :, None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+
+class EmbeddingRouter:
+    """Picks the route whose description is most similar to the latest user intent; `other` below a threshold.
+
+    Each route is embedded from several phrasings (its description, and its name read as words plus the
+    description), averaged. The query is the latest user turn, nudged towards the previous user turn so that
+    short follow-ups ("and to Portuguese?") inherit the topic they continue.
+    """
+
+    name = "embedding"
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        routes: Iterable[Route | Mapping[str, str]] | RouteSet,
+        threshold: float = 0.25,
+        context_weight: float = 0.5,
+        use_names: bool = True,
+        providers: Sequence[str] | None = None,
+    ) -> None:
+        self.encoder = SentenceEncoder(model_dir, providers)
+        self.routes = RouteSet.of(routes)
+        self.threshold = threshold
+        self.context_weight = context_weight
+        self.use_names = use_names
+        self._route_vectors: dict[str, np.ndarray] = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-embedding")
+
+    def route_matrix(self, routes: RouteSet) -> np.ndarray:
+        cached = self._route_vectors.get(routes.key)
+        if cached is None:
+            rows = []
+            for route in routes:
+                phrasings = [route.description]
+                if self.use_names:
+                    phrasings.append(f"{route.name.replace('_', ' ')}: {route.description}")
+                mean = self.encoder.encode(phrasings).mean(axis=0)
+                rows.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
+            cached = self._route_vectors[routes.key] = np.stack(rows)
+        return cached
+
+    def query_vector(self, messages: Sequence[Message]) -> np.ndarray | None:
+        users = [t for m in messages if m.get("role", "user") == "user" and (t := message_text(m.get("content")))]
+        if not users:
+            return None
+        vectors = self.encoder.encode(users[-2:])
+        query = vectors[-1] + (self.context_weight * vectors[0] if len(users) > 1 else 0.0)
+        return np.asarray(query / max(float(np.linalg.norm(query)), 1e-12), dtype=np.float32)
+
+    def decide_sync(self, messages: Sequence[Message], routes: RouteSet | None = None) -> Decision:
+        routes = routes or self.routes
+        start = time.perf_counter()
+        query = self.query_vector(messages)
+        if query is None:
+            return Decision(route=None, latency_ms=(time.perf_counter() - start) * 1000, backend=self.name)
+        sims = self.route_matrix(routes) @ query
+        best = int(np.argmax(sims))
+        scores = {name: float(s) for name, s in zip(routes.names, sims, strict=True)}
+        return Decision(
+            route=routes.names[best] if sims[best] >= self.threshold else None,
+            latency_ms=(time.perf_counter() - start) * 1000,
+            backend=self.name,
+            scores=scores,
+        )
+
+    async def decide(self, messages: Sequence[Message], routes: RouteSet | None = None) -> Decision:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.decide_sync, messages, routes)
+
+    async def aclose(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import asyncio
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+
+from router_model.backend import RouterModelMissing
+from router_model.embedding import EmbeddingRouter
+from router_model.routes import RouteSet
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory, routes: RouteSet) -> Path:
+    """A tiny random BERT with an in-process WordPiece tokenizer, exported by optimum (feature-extraction)."""
+    import torch
+    from optimum.exporters.onnx import main_export
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertModel
+
+    base = tmp_path_factory.mktemp("encoder")
+    tok = BertWordPieceTokenizer(lowercase=True)
+    corpus = [r.description for r in routes] + [r.name.replace("_", " ") for r in routes] + ["hello there friend"]
+    tok.train_from_iterator(corpus * 3, vocab_size=400, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    hf = base / "hf"
+    hf.mkdir()
+    tok.save(str(hf / "tokenizer.json"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    BertModel(config).eval().save_pretrained(hf)
+    out = base / "onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main_export(str(hf), output=out, task="feature-extraction", do_validation=False, local_files_only=True)
+    shutil.copy2(hf / "tokenizer.json", out / "tokenizer.json")
+    return out
+
+
+def test_description_text_routes_to_its_route(tiny_encoder_dir: Path, routes: RouteSet) -> None:
+    router = EmbeddingRouter(tiny_encoder_dir, routes, threshold=0.0, use_names=False, providers=["CPUExecutionProvider"])
+    for route in routes:
+        decision = router.decide_sync([{"role": "user", "content": route.description}])
+        assert decision.route == route.name
+        assert decision.scores[route.name] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_threshold_gives_other_and_async_api(tiny_encoder_dir: Path, routes: RouteSet) -> None:
+    router = EmbeddingRouter(tiny_encoder_dir, routes, threshold=1.01, providers=["CPUExecutionProvider"])
+
+    async def main() -> None:
+        decision = await router.decide([{"role": "user", "content": routes.routes[0].description}])
+        assert decision.route is None and decision.backend == "embedding"
+        assert max(decision.scores.values()) < 1.01
+        empty = await router.decide([{"role": "system", "content": "only a system prompt"}])
+        assert empty.route is None and not empty.scores
+        await router.aclose()
+
+    asyncio.run(main())
+
+
+def test_follow_up_inherits_previous_user_turn(tiny_encoder_dir: Path, routes: RouteSet) -> None:
+    router = EmbeddingRouter(tiny_encoder_dir, routes, threshold=0.0, use_names=False, context_weight=5.0)
+    target = routes.routes[3]
+    messages = [
+        {"role": "user", "content": target.description},
+        {"role": "assistant", "content": "done"},
+        {"role": "user", "content": "hello there friend"},
+    ]
+    assert router.decide_sync(messages).route == target.name
+    router.context_weight = 0.0
+    assert router.decide_sync(messages).scores[target.name] < 0.999
+
+
+def test_missing_encoder(tmp_path: Path, routes: RouteSet) -> None:
+    with pytest.raises(RouterModelMissing):
+        EmbeddingRouter(tmp_path, routes)
