@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,22 @@ def redis_url() -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from router_model import tiny
+
+    return tiny.build(tmp_path_factory.mktemp("tiny") / "hf", "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_dir(tiny_hf_dir: Path) -> Path:
+    from router_model.export import export
+
+    # export() runs the PyTorch parity check itself and raises if it fails.
+    return export(tiny_hf_dir, tiny_hf_dir.parent / "onnx", check=True)
+
 
 
 def proxy_config(base_url: str, filters: list[Any] | None = None, **extra: Any) -> dict[str, Any]:

@@ -26,21 +26,6 @@ def dev_examples() -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
-def tiny_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from router_model import tiny
-
-    return tiny.build(tmp_path_factory.mktemp("tiny") / "hf", "tiny", seed=0)
-
-
-@pytest.fixture(scope="session")
-def tiny_onnx_dir(tiny_hf_dir: Path) -> Path:
-    from router_model.export import export
-
-    # export() runs the PyTorch parity check itself and raises if it fails.
-    return export(tiny_hf_dir, tiny_hf_dir.parent / "onnx", check=True)
-
-
-@pytest.fixture(scope="session")
 def router(tiny_onnx_dir: Path, routes: RouteSet):  # type: ignore[no-untyped-def]
     from router_model.onnx_router import OnnxRouter
 
