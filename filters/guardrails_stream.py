@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.sse import EventSplitter, encode_event, parse_event
 from filters.guardrails_rules import Checks, Finding, open_block, redact, to_original, normalize
 
 
@@ -91,17 +92,17 @@ class SseRedactor:
     def __init__(self, api: str, make_held: Callable[[], HeldText]) -> None:
         self.api = api
         self.make_held = make_held
-        self.buffer = b""
+        self.events = EventSplitter()
         self.held: dict[int, HeldText] = {}
         self.templates: dict[int, dict[str, Any]] = {}
         self.seen: list[Finding] = []
 
     def feed(self, chunk: bytes, end: bool) -> tuple[bytes, Finding | None]:
-        data = self.buffer + chunk
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n")
-        events = data.split(b"\n\n")
-        self.buffer = b"" if end else events.pop()
+        events = self.events.feed(chunk)
+        if end:
+            rest = self.events.close()
+            if rest:
+                events.append(rest)
         out: list[bytes] = []
         for event in events:
             if not event.strip():
@@ -132,9 +133,9 @@ class SseRedactor:
         return outcome
 
     def _event(self, event: bytes) -> tuple[list[bytes], Finding | None]:
-        name, data = _parse_event(event)
+        name, data = parse_event(event)
         if data is None:
-            return [event + b"\n\n"], None
+            return [event], None
         if data == "[DONE]":
             flushed: list[bytes] = []
             for key in list(self.held):
@@ -142,13 +143,13 @@ class SseRedactor:
                 if block is not None:
                     return [], block
                 flushed.extend(emitted)
-            return [*flushed, event + b"\n\n"], None
+            return [*flushed, event], None
         try:
             obj = json.loads(data)
         except ValueError:
-            return [event + b"\n\n"], None
+            return [event], None
         if not isinstance(obj, dict):
-            return [event + b"\n\n"], None
+            return [event], None
         if self.api == "anthropic":
             return self._anthropic(name, obj, event)
         return self._openai(obj, event)
@@ -156,7 +157,7 @@ class SseRedactor:
     def _openai(self, obj: dict[str, Any], event: bytes) -> tuple[list[bytes], Finding | None]:
         choices = obj.get("choices")
         if not isinstance(choices, list):
-            return [event + b"\n\n"], None
+            return [event], None
         changed = False
         empty = True
         for choice in choices:
@@ -180,8 +181,8 @@ class SseRedactor:
         if obj.get("usage"):
             empty = False
         if not changed:
-            return [event + b"\n\n"], None
-        return ([] if empty else [_data(obj)]), None
+            return [event], None
+        return ([] if empty else [encode_event(obj)]), None
 
     def _anthropic(self, name: str | None, obj: dict[str, Any], event: bytes) -> tuple[list[bytes], Finding | None]:
         kind = obj.get("type")
@@ -196,7 +197,7 @@ class SseRedactor:
             if not outcome.text:
                 return [], None
             delta["text"] = outcome.text
-            return [_data(obj, name)], None
+            return [encode_event(obj, name)], None
         flushed: list[bytes] = []
         if kind == "content_block_stop" and key in self.held:
             flushed, block = self._flush(key, name)
@@ -208,7 +209,7 @@ class SseRedactor:
                 if block is not None:
                     return [], block
                 flushed.extend(emitted)
-        return [*flushed, event + b"\n\n"], None
+        return [*flushed, event], None
 
     def _flush(self, key: int, name: str | None) -> tuple[list[bytes], Finding | None]:
         outcome = self._run(key, "", True)
@@ -219,26 +220,10 @@ class SseRedactor:
             return [], None
         if self.api == "anthropic":
             obj = {**template, "delta": {**template["delta"], "text": outcome.text}}
-            return [_data(obj, "content_block_delta")], None
+            return [encode_event(obj, "content_block_delta")], None
         choices = [{**c, "delta": {"content": outcome.text}, "finish_reason": None}
                    for c in template["choices"] if isinstance(c, dict) and c.get("index", 0) == key]
-        return [_data({**template, "choices": choices})], None
-
-
-def _parse_event(event: bytes) -> tuple[str | None, str | None]:
-    name: str | None = None
-    data: list[str] = []
-    for line in event.decode("utf-8", "replace").split("\n"):
-        if line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-        elif line.startswith("event:"):
-            name = line[6:].strip()
-    return name, ("\n".join(data) if data else None)
-
-
-def _data(obj: dict[str, Any], name: str | None = None) -> bytes:
-    payload = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-    return (f"event: {name}\n".encode() if name else b"") + b"data: " + payload + b"\n\n"
+        return [encode_event({**template, "choices": choices})], None
 
 
 def redact_json(api: str, body: dict[str, Any], scan: Callable[[str, bool], Outcome]) -> tuple[bool, Finding | None]:

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from core.flow import content_text
+from core.sse import EventSplitter, parse_event
 
 log = logging.getLogger("outerloop.rate_cap")
 
@@ -50,40 +51,35 @@ class UsageReader:
     client's behalf; only then are bytes held back, and only up to the next event boundary.
     """
 
-    _BOUNDARY = re.compile(rb"\r?\n\r?\n")
-
     def __init__(self, stream: bool, strip: bool) -> None:
         self.stream = stream
         self.strip = strip
         self.pending = bytearray()
+        self.events = EventSplitter()
         self.fields: dict[str, Any] = {}
         self.overflow = False
 
     def feed(self, chunk: bytes, end: bool) -> bytes:
         if self.overflow:
             return chunk
-        self.pending += chunk
         if not self.stream:
+            self.pending += chunk
             if len(self.pending) > _MAX_USAGE_SCAN:
                 self._give_up()
             elif end:
                 self._take(self.pending)
             return chunk
+        events = self.events.feed(chunk)
+        if end:
+            rest = self.events.close()
+            if rest:
+                events.append(rest)
         out = bytearray()
-        start = 0
-        for match in self._BOUNDARY.finditer(self.pending):
-            event = bytes(self.pending[start:match.end()])
-            start = match.end()
+        for event in events:
             if not self._event(event) or not self.strip:
                 out += event
-        rest = self.pending[start:]
-        self.pending = bytearray(rest)
-        if end and rest:
-            if not self._event(bytes(rest)) or not self.strip:
-                out += rest
-            self.pending.clear()
-        elif len(self.pending) > _MAX_USAGE_SCAN:
-            out += self.pending
+        if self.events.pending > _MAX_USAGE_SCAN:
+            out += self.events.close()
             self._give_up()
         return chunk if not self.strip else bytes(out)
 
@@ -91,13 +87,14 @@ class UsageReader:
         log.warning("rate_cap: response event larger than %d bytes; its usage is not counted", _MAX_USAGE_SCAN)
         self.overflow = True
         self.pending.clear()
+        self.events.close()
 
     def _event(self, event: bytes) -> bool:
         """Reads usage from one SSE event; True when it is a usage-only chunk."""
         if b'"usage"' not in event:
             return False
-        data = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
-        obj = self._take(data)
+        _, data = parse_event(event)
+        obj = self._take(data.encode()) if data is not None else None
         return obj is not None and obj.get("choices") == [] and isinstance(obj.get("usage"), dict)
 
     def _take(self, data: bytes | bytearray) -> dict[str, Any] | None:

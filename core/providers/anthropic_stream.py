@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from core.errors import anthropic_error, openai_error
+from core.sse import SSEDecoder
 from core.providers.anthropic import (
     FINISH_REASONS,
     STOP_REASONS,
@@ -20,46 +21,6 @@ from core.providers.anthropic import (
 )
 
 _DONE = b"data: [DONE]\n\n"
-
-
-class SSEDecoder:
-    """Incremental text/event-stream parser: bytes split anywhere in, complete (event, data) pairs out."""
-
-    def __init__(self) -> None:
-        self._pending = bytearray()
-        self._event = ""
-        self._data: list[str] = []
-
-    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
-        self._pending += chunk
-        # Events end at a line break, so a chunk without one cannot complete anything (keeps 1-byte feeds linear).
-        if b"\n" not in chunk and b"\r" not in chunk:
-            return []
-        lines = bytes(self._pending).splitlines(keepends=True)
-        # A trailing "\r" may be the first half of "\r\n", so that line waits for the next byte too.
-        self._pending = bytearray() if lines[-1].endswith(b"\n") else bytearray(lines.pop())
-        return [event for line in lines if (event := self._line(line)) is not None]
-
-    def close(self) -> list[tuple[str, str]]:
-        # Be lenient with an upstream that omits the final blank line.
-        events = [event for line in (bytes(self._pending), b"") if (event := self._line(line)) is not None]
-        self._pending = bytearray()
-        return events
-
-    def _line(self, raw: bytes) -> tuple[str, str] | None:
-        line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
-        if not line:
-            event, data = self._event, self._data
-            self._event, self._data = "", []
-            return (event, "\n".join(data)) if data else None
-        if not line.startswith(":"):
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "event":
-                self._event = value
-            elif name == "data":
-                self._data.append(value)
-        return None
 
 
 def _dumps(value: object) -> bytes:

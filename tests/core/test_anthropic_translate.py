@@ -30,7 +30,8 @@ from core.providers.anthropic import (
     openai_to_anthropic_request,
     openai_to_anthropic_response,
 )
-from core.providers.anthropic_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream, SSEDecoder
+from core.providers.anthropic_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
+from core.sse import SSEDecoder
 
 STREAM_EVENT = TypeAdapter(RawMessageStreamEvent)
 PNG = "iVBORw0KGgo="
