@@ -49,6 +49,9 @@ class Runtime:
         self.config = config
         self.registry = registry
         self.upstreams = Upstreams(config)
+        self.tracer_provider = registry.manager.hook.outerloop_tracer_provider(config=config)
+        self.tracer = self.tracer_provider.get_tracer("outerloop") if self.tracer_provider is not None else None
+        self.access_log = config.server.access_log
         self.timeouts = {
             p.model: {"connect": p.connect_timeout, "read": p.read_timeout, "write": p.read_timeout,
                       "pool": p.connect_timeout}
@@ -73,7 +76,7 @@ class Runtime:
             flt = entry.factory(spec.config, FilterContext(self.config, listener, self.upstreams.resolve))
             flt.name = spec.name
             filters.append(flt)
-        return Chain(filters)
+        return Chain(filters, self.tracer)
 
     def chain_for(self, scope: Scope) -> ListenerChain:
         """The listener a request arrived on, by local port; the first one under a foreign bind."""
@@ -191,11 +194,18 @@ async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def build_app(config: Config, registry: Registry) -> ASGIApp:
-    app: ASGIApp = App(Runtime(config, registry))
+    runtime = Runtime(config, registry)
+    app: ASGIApp = App(runtime)
     for impl in registry.manager.hook.outerloop_wrap_app.get_hookimpls():
         wrapped = cast("ASGIApp | None", impl.function(app=app, config=config))
         if wrapped is not None:
             app = wrapped
+    if runtime.tracer_provider is not None:
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+        # Outermost, so the server span covers every plugin middleware, filter and upstream call.
+        app = cast(ASGIApp, OpenTelemetryMiddleware(app, tracer_provider=runtime.tracer_provider,
+                                                    exclude_spans=["receive", "send"]))
     return app
 
 

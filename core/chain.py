@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from core.filter import Filter, LocalReply
 from core.flow import Flow
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 log = logging.getLogger("outerloop.chain")
 
@@ -18,8 +22,10 @@ def _overrides(flt: Filter, phase: str) -> bool:
 class Chain:
     """Runs each phase over only the filters that implement it, so unused phases cost nothing."""
 
-    def __init__(self, filters: Sequence[Filter]) -> None:
+    def __init__(self, filters: Sequence[Filter], tracer: Tracer | None = None) -> None:
         self.filters = list(filters)
+        #: With a tracer, each filter's request phase gets its own span (the untraced path stays bare).
+        self.tracer = tracer
         backwards = self.filters[::-1]
         self._request = [f for f in self.filters if _overrides(f, "on_request")]
         self._response = [f for f in backwards if _overrides(f, "on_response")]
@@ -33,11 +39,25 @@ class Chain:
         return bool(self._chunk)
 
     async def on_request(self, flow: Flow) -> LocalReply | None:
+        if self.tracer is not None:
+            return await self._on_request_traced(flow, self.tracer)
         for flt in self._request:
             reply = await flt.on_request(flow)
             if reply is not None:
                 flow.details = reply.details
                 return reply
+        return None
+
+    async def _on_request_traced(self, flow: Flow, tracer: Tracer) -> LocalReply | None:
+        for flt in self._request:
+            with tracer.start_as_current_span(f"filter {flt.name}") as span:
+                span.set_attribute("outerloop.filter", flt.name)
+                reply = await flt.on_request(flow)
+                if reply is not None:
+                    flow.details = reply.details
+                    span.set_attribute("outerloop.details", reply.details)
+                    span.set_attribute("http.response.status_code", reply.status)
+                    return reply
         return None
 
     async def on_response(self, flow: Flow) -> LocalReply | None:

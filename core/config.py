@@ -124,7 +124,7 @@ class Limits(Section):
 class Server(Section):
     workers: int = Field(default=1, ge=1)
     drain_seconds: float = Field(default=10.0, ge=0, description="time open streams get to finish on shutdown")
-    access_log: bool = False
+    access_log: bool = Field(default=False, description="one JSON line per request on the outerloop.access logger")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

@@ -67,6 +67,16 @@ def outerloop_register_commands(subparsers: argparse._SubParsersAction[Any]) -> 
     """Add ``outerloop`` CLI subcommands. Each parser sets ``func=callable(args) -> int`` as its default."""
 
 
+@hookspec(firstresult=True)
+def outerloop_tracer_provider(config: Config) -> Any:
+    """Return an OpenTelemetry ``TracerProvider`` to trace requests with, or None (the default: no tracing).
+
+    With a provider, the core wraps the app in OpenTelemetry's ASGI middleware (outermost) and opens child
+    spans for each filter phase and for the upstream call, with GenAI semantic-convention attributes.
+    The first plugin returning one wins. The built-in telemetry plugin returns one when `tracing.enabled`.
+    """
+
+
 @hookspec
 def outerloop_startup(config: Config) -> Awaitable[None] | None:
     """Called once per worker process before serving, with the validated config.

@@ -28,6 +28,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "filters.session",
     "filters.http_filter",
     "plugins.routing",
+    "plugins.telemetry",
 )
 
 FilterFactory = Callable[[Any, "FilterContext"], "Filter"]

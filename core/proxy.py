@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from core import observe
 from core.asgi import Receive, Scope, Send
 from core.errors import RequestError, error_body
 from core.filter import LocalReply
@@ -73,6 +74,8 @@ class ProxyEndpoint:
         flow = Flow(request_id=request_id, listener=chain.listener, api=self.api, method="POST",
                     path=scope["path"], headers=headers, body=raw, json_body=request_json, client=scope.get("client"),
                     started=started)
+        if runtime.tracer is not None:
+            send = observe.annotating(send, flow)
         serving = asyncio.ensure_future(self._serve(flow, chain.chain, send))
         watching = asyncio.ensure_future(_disconnected(receive))
         try:
@@ -91,6 +94,8 @@ class ProxyEndpoint:
         error: BaseException | None = None
         response: httpx.Response | None = None
         state = _Sent()
+        tracer = self.runtime.tracer
+        span = None
         try:
             target = self.runtime.upstreams.resolve(flow.model)
             if target is None and flow.model is not None and flow.model != "auto":
@@ -108,6 +113,8 @@ class ProxyEndpoint:
                 await self._reply(flow, send, LocalReply(
                     400, "no model given and no default model is configured", "model_required"))
                 return
+            if tracer is not None:
+                span = observe.start_upstream_span(tracer, flow)
             response, adapter = await self._dispatch(flow)
             flow.response_status = response.status_code
             if response.status_code >= 400:
@@ -138,6 +145,10 @@ class ProxyEndpoint:
             if response is not None:
                 await response.aclose()
             await chain.on_complete(flow, error)
+            if span is not None:
+                observe.end_upstream_span(span, flow, error)
+            if self.runtime.access_log:
+                observe.log_access(flow, error)
 
     async def _dispatch(self, flow: Flow) -> tuple[httpx.Response, Adapter]:
         """Try each target in order; the next one gets the request after a connect failure or a 429/5xx."""

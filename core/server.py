@@ -33,7 +33,8 @@ def hypercorn_config(listener: Listener, config: Config) -> HypercornConfig:
     hc.graceful_timeout = config.server.drain_seconds
     hc.keep_alive_timeout = 75.0
     hc.backlog = 1024
-    hc.accesslog = "-" if config.server.access_log else None
+    # The access log is outerloop's own JSON line per request (core/observe.py), not hypercorn's.
+    hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     return hc
 
