@@ -44,8 +44,12 @@ class RouterFilter(Filter):
         elif decision_only or self.routing.route_named_models or flow.model in (None, "auto"):
             decision = await self._decide(flow)
             if decision is not None and decision.route in self.targets:
-                flow.route = decision.route
-                flow.targets = list(self.targets[decision.route])
+                allowed = _allowed(flow, self.targets[decision.route])
+                if allowed:
+                    flow.route = decision.route
+                    flow.targets = allowed
+                else:
+                    flow.annotations["router.skipped"] = "models_forbidden"
             flow.annotations["router.route"] = flow.route or "other"
         if not decision_only:
             return None
@@ -81,6 +85,14 @@ class RouterFilter(Filter):
     def _fallback(self, flow: Flow, reason: str, detail: str) -> None:
         flow.annotations["router.fallback"] = reason
         self.shared.log_once(reason, detail)
+
+
+def _allowed(flow: Flow, targets: list[Target]) -> list[Target]:
+    """The route's models the caller may use: auth checked the requested model, the router checks its own."""
+    may_use = getattr(flow.principal, "may_use", None)
+    if may_use is None:
+        return list(targets)
+    return [t for t in targets if may_use(t.model) or may_use(t.model_id)]
 
 
 _SHARED: dict[int, tuple[Any, SharedBackend]] = {}

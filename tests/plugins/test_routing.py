@@ -247,3 +247,24 @@ def test_cli_route(router_server: tuple[RouterModelServer, str], tmp_path: Path)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["route"] == "coding"
     assert "fix my code" in router.prompts[-1]
+
+
+def test_router_keeps_to_models_the_principal_may_use(upstream: tuple[Upstream, str],
+                                                      router_server: tuple[RouterModelServer, str]) -> None:
+    server, base = upstream
+    router, router_url = router_server
+    import hashlib
+
+    digest = hashlib.sha256(b"k-limited").hexdigest()
+    auth = {"name": "auth", "config": {"keys": [
+        {"name": "limited", "sha256": digest, "models": ["test/test-model", "test/coder"]}]}}
+    with run_proxy(_config(base, router_url, filters=[auth, "router"])) as proxy:
+        headers = {"authorization": "Bearer k-limited"}
+        response = httpx.post(proxy.url + "/v1/chat/completions", json={"messages": MESSAGES}, headers=headers)
+        router.answer = '{"route": "chat"}'
+        decision = httpx.post(proxy.url + "/routing/v1/chat/completions", json={"messages": MESSAGES},
+                              headers=headers).json()
+    # the coding route lists test/fail-500 first, which this principal may not use: only test/coder is tried
+    assert response.status_code == 200
+    assert [s.json["model"] for s in server.seen] == ["coder"]
+    assert decision["route"] == "chat" and decision["models"] == ["test/test-model"]
