@@ -45,7 +45,8 @@ class SentenceEncoder:
         hidden = np.asarray(self.session.run(None, feeds)[0], dtype=np.float32)
         weights = mask[:, :, None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        normed: np.ndarray = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return normed
 
 
 class EmbeddingRouter:  # defaults measured on bench/data/routing/dev.jsonl with all-MiniLM-L6-v2: 54.8%

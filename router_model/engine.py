@@ -99,7 +99,7 @@ class OnnxCausalLM:
             self.session = ort.InferenceSession(str(path), options, providers=[CPU])
         finally:
             ort.set_default_logger_severity(2)
-        self.provider = self.session.get_providers()[0]
+        self.provider: str = self.session.get_providers()[0]
         if CUDA in wanted and self.provider != CUDA:
             logger.warning("router model: CUDA execution provider unavailable, running on %s", self.provider)
         else:

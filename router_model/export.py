@@ -157,9 +157,11 @@ def check_parity(
 
     tol = tolerance if tolerance is not None else (1e-3 if dtype == "fp32" else 5e-2)
     torch_dtype = torch.float16 if dtype == "fp16" else torch.float32
-    reference = AutoModelForCausalLM.from_pretrained(
+    # Typed as a Module: transformers' decorated `PreTrainedModel.to` has a signature mypy cannot read.
+    loaded: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
         str(model), dtype=torch_dtype, local_files_only=Path(str(model)).is_dir()
-    ).to(device).eval()
+    )
+    reference = loaded.to(device).eval()
     tokenizer = RouterTokenizer.from_dir(onnx_dir)
     providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     engine = OnnxCausalLM(onnx_dir, providers=providers)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from router_model.backend import Decision, Message, RouterError
-from router_model.decoder import generate, prefill, score_full, trie_search
+from router_model.decoder import generate, prefill, score_full, trie_batched, trie_search
 from router_model.engine import OnnxCausalLM, PastKV
 from router_model.kv_cache import PrefixCache
 from router_model.prompts import PromptBuilder, RenderedPrompt, get_profile
@@ -56,6 +56,9 @@ class OnnxRouter:
         # FLOPs simply add up, so by default requests there run one at a time.
         self.max_batch = max_batch if max_batch is not None else (32 if self.engine.on_device else 1)
         self.max_new_tokens = max_new_tokens
+        # A single request on the host scores every trie node in one batched forward (measured faster on a
+        # CPU than best-first's sequential steps); batches and device KV use best-first search.
+        self.batched_trie = not self.engine.on_device
         self.prefix_cache = PrefixCache()
         self._tries: dict[str, TokenTrie] = {}
         # One inference thread: ORT already uses every core for a single run, and one thread keeps batches whole.
@@ -120,7 +123,10 @@ class OnnxRouter:
         rows = [self.remainder_ids(r, forced=True) for r in rendered]
         prefix = self.prefix_kv(routes, len(rows))
         batch = prefill(self.engine, prefix, rows, self.tokenizer.info.pad_id)
-        results = trie_search(self.engine, batch, self.trie(routes), self.tokenizer.info.pad_id)
+        if self.batched_trie and len(rows) == 1 and not self.engine.on_device:
+            results = [trie_batched(self.engine, batch, self.trie(routes), self.tokenizer.info.pad_id)]
+        else:
+            results = trie_search(self.engine, batch, self.trie(routes), self.tokenizer.info.pad_id)
         elapsed = (time.perf_counter() - start) * 1000
         decisions = []
         for r, row, res in zip(rendered, rows, results, strict=True):
@@ -176,7 +182,7 @@ class OnnxRouter:
         else:
             ids = self.tokenizer.encode(rendered.text + self.prompts.profile.answer_prefix)
             logits, _ = self.engine.forward(np.array([ids], dtype=np.int64))
-        return logits[0]
+        return np.asarray(logits[0], dtype=np.float32)
 
     # -- async API ------------------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 # The label both prompt profiles use for "no route matched".
@@ -48,7 +48,7 @@ class RouteSet:
         blob = json.dumps([r.as_json() for r in self.routes], sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Route]:
         return iter(self.routes)
 
     def __len__(self) -> int:

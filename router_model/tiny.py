@@ -73,7 +73,9 @@ class ModelSize:
 
 SIZES = {
     "tiny": ModelSize(hidden=64, layers=2, heads=4, kv_heads=2, ffn=128),
-    "mid": ModelSize(hidden=384, layers=6, heads=6, kv_heads=2, ffn=1024, tokenizer_vocab=4000),
+    # Benchmark size for a CPU: a small body under Qwen's real 151936-token vocabulary, so the LM head weighs
+    # on every decode step as it does in Arch-Router (tied embedding: 233M of its 1.5B parameters).
+    "mid": ModelSize(hidden=384, layers=6, heads=6, kv_heads=2, ffn=1024, vocab_size=151936, tokenizer_vocab=4000),
     # Arch-Router-1.5B's shape (Qwen2.5-1.5B): head dim 128, vocab padded to 151936 like Qwen's.
     "arch-router": ModelSize(hidden=1536, layers=28, heads=12, kv_heads=2, ffn=8960, vocab_size=151936),
 }
@@ -90,14 +92,14 @@ def corpus() -> list[str]:
 
 def train_tokenizer(vocab_size: int = 2000) -> Tokenizer:
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.normalizer = normalizers.NFC()  # type: ignore[assignment]
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(  # type: ignore[assignment]
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
-    tokenizer.decoder = decoders.ByteLevel()  # type: ignore[assignment]
+    tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=list(SPECIAL_TOKENS),
@@ -129,10 +131,22 @@ def write_tokenizer(tokenizer: Tokenizer, out: Path) -> None:
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
-def build(out: str | Path, size: str | ModelSize = "tiny", seed: int = 0, dtype: str = "fp32") -> Path:
+def build(
+    out: str | Path,
+    size: str | ModelSize = "tiny",
+    seed: int = 0,
+    dtype: str = "fp32",
+    logit_scale: float = 1.0,
+    init_std: float = 0.2,
+) -> Path:
     """Writes a Hugging Face style Qwen2 model directory (random weights, trained tokenizer) and returns it.
 
-    Needs the `export` extra (torch, transformers).
+    `init_std` is the weight init's standard deviation: 0.2, ten times the usual, makes even a 2-layer
+    model's logits input-dependent, which makes decoding tests discriminating; a deep model in fp16 needs the
+    usual 0.02 (at 0.2 the Arch-Router shape's residual stream reaches 17.5k, near fp16's 65504 limit). `logit_scale` multiplies the final norm weight, which scales
+    every logit (the embedding is tied, so inputs are untouched): above 1 the next-token distributions become
+    as peaked as a trained router's (top-1 probability near 1) instead of a random init's spread-out ones.
+    Needs the `export` extra.
     """
     try:
         import torch
@@ -145,7 +159,7 @@ def build(out: str | Path, size: str | ModelSize = "tiny", seed: int = 0, dtype:
     tokenizer = train_tokenizer(spec.tokenizer_vocab)
     write_tokenizer(tokenizer, out)
     im_end, eot = tokenizer.token_to_id("<|im_end|>"), tokenizer.token_to_id("<|endoftext|>")
-    config = Qwen2Config(
+    config = Qwen2Config(  # type: ignore[no-untyped-call]
         vocab_size=spec.vocab_size or tokenizer.get_vocab_size(),
         hidden_size=spec.hidden,
         intermediate_size=spec.ffn,
@@ -160,10 +174,11 @@ def build(out: str | Path, size: str | ModelSize = "tiny", seed: int = 0, dtype:
         rope_theta=1000000.0,
     )
     torch.manual_seed(seed)
-    # A larger init than the default 0.02 makes random models produce peaked, input-dependent logits,
-    # which makes decoding tests discriminating.
-    config.initializer_range = 0.2
-    model = Qwen2ForCausalLM(config).eval()
+    config.initializer_range = init_std
+    model = Qwen2ForCausalLM(config).eval()  # type: ignore[no-untyped-call]
+    if logit_scale != 1.0:
+        with torch.no_grad():
+            model.model.norm.weight.mul_(logit_scale)
     if dtype == "fp16":
         model = model.half()
     model.save_pretrained(out)

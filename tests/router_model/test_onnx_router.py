@@ -53,7 +53,11 @@ def test_prefix_cached_logits_equal_uncached(router: OnnxRouter, dev_examples) -
     assert router.prefix_cache.hits > 0
 
 
-def test_trie_decision_equals_full_candidate_scoring(router: OnnxRouter, dev_examples) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("batched_trie", [True, False], ids=["batched", "best-first"])
+def test_trie_decision_equals_full_candidate_scoring(  # type: ignore[no-untyped-def]
+    router: OnnxRouter, dev_examples, batched_trie: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(router, "batched_trie", batched_trie)
     conversations = [ex["messages"] for ex in dev_examples[::3]] + random_conversations(10)
     chosen = set()
     for messages in conversations:
