@@ -25,6 +25,7 @@ redis:
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi; }
 
 test: $(STAMP) redis
+	$(PY) -m mypy core filters plugins router_model
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -33,8 +33,8 @@ class TextClassifier:
         self._executor: ThreadPoolExecutor | None = None
 
     def load(self) -> None:
-        import onnxruntime  # type: ignore[import-untyped]
-        from tokenizers import Tokenizer  # type: ignore[import-untyped]
+        import onnxruntime
+        from tokenizers import Tokenizer
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.threads
