@@ -65,10 +65,24 @@ def _route(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from router_model.export import export
+    from pathlib import Path
 
-    out = export(args.model, args.out, dtype=args.dtype, device=args.device, check=not args.no_check)
-    print(f"exported {args.model} to {out}", file=sys.stderr)
+    from router_model.export import ExportError, export
+
+    model = args.model
+    if (model.startswith((".", "/", "~")) or Path(model).exists()) and not Path(model).expanduser().is_dir():
+        print(f"outerloop router export: {model}: no such model directory", file=sys.stderr)
+        return 1
+    try:
+        out = export(model, args.out, dtype=args.dtype, device=args.device, check=not args.no_check)
+    except ExportError as exc:
+        # Parity past tolerance, or the export extra missing: say so in one line, no traceback.
+        print(f"outerloop router export: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"outerloop router export: cannot load {model}: {exc}", file=sys.stderr)
+        return 1
+    print(f"exported {model} to {out}", file=sys.stderr)
     return 0
 
 

@@ -78,3 +78,19 @@ def test_cli_route_and_eval_on_the_onnx_engine(tiny_onnx_dir: Path, tmp_path: Pa
 
 def models_of(prefs: list[dict[str, Any]]) -> set[str]:
     return {p["name"] for p in prefs}
+
+
+def test_cli_export_checks_parity(tiny_hf_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "exported"
+    done = subprocess.run([sys.executable, "-m", "core.cli", "router", "export", "--model", str(tiny_hf_dir),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert (out / "model.onnx").is_file() and (out / "tokenizer.json").is_file()
+    routes = RouteSet.of([{"name": p["name"], "description": p["description"]} for p in PREFS])
+    decision = OnnxRouter(out, routes, providers=["CPUExecutionProvider"]).decide_sync(CONVERSATIONS[0])
+    assert decision.backend == "onnx"
+    missing = subprocess.run([sys.executable, "-m", "core.cli", "router", "export", "--model",
+                              str(tmp_path / "no-such-model"), "--out", str(tmp_path / "x")],
+                             capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert missing.returncode == 1
+    assert "no such model directory" in missing.stderr and "Traceback" not in missing.stderr
