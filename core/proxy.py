@@ -64,6 +64,8 @@ class ProxyEndpoint:
                 parsed = json.loads(raw)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise RequestError(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
+            except RecursionError:
+                raise RequestError(400, "request body is nested too deeply", "invalid_json") from None
             request_json = validate_chat(parsed, self.api)
         except ClientGone:
             return

@@ -145,6 +145,9 @@ def test_error_statuses(upstream: tuple[Upstream, str]) -> None:
         bad_json = _post(url, "{not json")
         assert bad_json.status_code == 400 and _error(bad_json)["code"] == "invalid_json"
 
+        not_utf8 = _post(url, b'{"messages": "\xff\xfe"}')
+        assert not_utf8.status_code == 400
+
         wrong_type = _post(url, json.dumps({"messages": MESSAGES, "temperature": "hot"}))
         assert wrong_type.status_code == 400
         assert _error(wrong_type)["param"] == "temperature"
@@ -174,6 +177,13 @@ def test_error_statuses(upstream: tuple[Upstream, str]) -> None:
 
         no_route = httpx.get(url + "/v2/nothing")
         assert no_route.status_code == 404 and _error(no_route)["code"] == "not_found"
+
+
+def test_deeply_nested_json_is_a_400(upstream: tuple[Upstream, str]) -> None:
+    server, base = upstream
+    with run_proxy(proxy_config(base)) as proxy:
+        nested = _post(proxy.url, "[" * 100_000 + "]" * 100_000)
+    assert nested.status_code == 400 and _error(nested)["code"] == "invalid_json"
 
 
 def test_upstream_connect_failure_is_502() -> None:
