@@ -10,9 +10,9 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from core.filter import Filter, FilterContext, LocalReply
 from core.flow import Flow
@@ -28,6 +28,16 @@ _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)?\s*(s|second|m|minute|h|hour|d|day)s?
 _KEY_PART = re.compile(r"^(principal|model|route|client_ip|global|header:[a-z0-9_-]+)$")
 
 
+# What editors see (`outerloop schema`): the shorthands the validators below accept.
+_WINDOW_SCHEMA = WithJsonSchema({"anyOf": [
+    {"type": "number", "exclusiveMinimum": 0},
+    {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?)?\s*(s|second|m|minute|h|hour|d|day)s?\s*$"},
+]})
+_KEY_SCHEMA = WithJsonSchema({"anyOf": [
+    {"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1},
+]})
+
+
 class Cap(BaseModel):
     """One cap: exactly one of `requests`, `tokens` or `concurrent`, counted per key."""
 
@@ -37,9 +47,10 @@ class Cap(BaseModel):
     requests: int | None = Field(default=None, gt=0, description="requests per window")
     tokens: int | None = Field(default=None, gt=0, description="input + output tokens per window")
     concurrent: int | None = Field(default=None, gt=0, description="requests in flight at once")
-    window: float = Field(default=60.0, gt=0, description="seconds, or a duration such as 10s, 1m, 1h, 1d")
+    window: Annotated[float, _WINDOW_SCHEMA] = Field(
+        default=60.0, gt=0, description="seconds, or a duration such as 10s, 1m, 1h, 1d")
     burst: int | None = Field(default=None, gt=0, description="requests allowed at once (default: all of `requests`)")
-    key: list[str] = Field(default=["principal"], min_length=1,
+    key: Annotated[list[str], _KEY_SCHEMA] = Field(default=["principal"], min_length=1,
                            description="principal, model, route, client_ip, global or header:<name>")
 
     @field_validator("window", mode="before")
