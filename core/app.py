@@ -52,6 +52,8 @@ class Runtime:
         self.tracer_provider = registry.manager.hook.outerloop_tracer_provider(config=config)
         self.tracer = self.tracer_provider.get_tracer("outerloop") if self.tracer_provider is not None else None
         self.access_log = config.server.access_log
+        self.observers: list[Callable[[Any, BaseException | None], None]] = []
+        registry.manager.hook.outerloop_register_observers(register=self.observers.append, config=config)
         self.timeouts = {
             p.model: {"connect": p.connect_timeout, "read": p.read_timeout, "write": p.read_timeout,
                       "pool": p.connect_timeout}

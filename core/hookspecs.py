@@ -63,6 +63,15 @@ def outerloop_register_routes(register: RegisterRoute, config: Config) -> None:
 
 
 @hookspec
+def outerloop_register_observers(register: Any, config: Config) -> None:
+    """Watch finished requests: ``register(observer)`` with ``observer(flow, error) -> None``.
+
+    Observers run once per request, after every filter's ``on_complete``, synchronously on the event loop:
+    they must be cheap (count, record) and must not raise. Metrics are built this way.
+    """
+
+
+@hookspec
 def outerloop_register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add ``outerloop`` CLI subcommands. Each parser sets ``func=callable(args) -> int`` as its default."""
 

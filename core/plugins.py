@@ -29,6 +29,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "filters.http_filter",
     "plugins.routing",
     "plugins.telemetry",
+    "plugins.metrics",
 )
 
 FilterFactory = Callable[[Any, "FilterContext"], "Filter"]

@@ -151,6 +151,11 @@ class ProxyEndpoint:
                 observe.end_upstream_span(span, flow, error)
             if self.runtime.access_log:
                 observe.log_access(flow, error)
+            for observer in self.runtime.observers:
+                try:
+                    observer(flow, error)
+                except Exception:
+                    log.exception("request observer %r failed", observer)
 
     async def _dispatch(self, flow: Flow) -> tuple[httpx.Response, Adapter]:
         """Try each target in order; the next one gets the request after a connect failure or a 429/5xx."""
