@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -56,6 +57,13 @@ def start_upstream_span(tracer: Tracer, flow: Flow) -> Span:
     if flow.model:
         span.set_attribute("gen_ai.request.model", flow.model)
     return span
+
+
+def propagate(span: Span, headers: MutableMapping[str, str]) -> None:
+    """W3C trace context on the upstream request, so a traced upstream joins the same trace."""
+    from opentelemetry.propagate import inject
+
+    inject(headers, context=trace.set_span_in_context(span))
 
 
 def end_upstream_span(span: Span, flow: Flow, error: BaseException | None) -> None:

@@ -23,6 +23,8 @@ from core.upstream import RETRYABLE_STATUSES
 from core.validation import validate_chat
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from core.app import Runtime
     from core.chain import Chain
 
@@ -117,7 +119,7 @@ class ProxyEndpoint:
                 return
             if tracer is not None:
                 span = observe.start_upstream_span(tracer, flow)
-            response, adapter = await self._dispatch(flow)
+            response, adapter = await self._dispatch(flow, span)
             flow.response_status = response.status_code
             if response.status_code >= 400:
                 await self._upstream_error(flow, send, response, adapter)
@@ -157,7 +159,7 @@ class ProxyEndpoint:
                 except Exception:
                     log.exception("request observer %r failed", observer)
 
-    async def _dispatch(self, flow: Flow) -> tuple[httpx.Response, Adapter]:
+    async def _dispatch(self, flow: Flow, span: Span | None = None) -> tuple[httpx.Response, Adapter]:
         """Try each target in order; the next one gets the request after a connect failure or a 429/5xx."""
         targets = flow.targets
         for i, target in enumerate(targets):
@@ -165,6 +167,8 @@ class ProxyEndpoint:
             adapter = self.runtime.adapter(flow.api, target.upstream.api)
             request = adapter.request(flow, target)
             request.extensions["timeout"] = self.runtime.timeouts[target.model]
+            if span is not None:
+                observe.propagate(span, request.headers)
             flow.attempts += 1
             try:
                 response = await target.upstream.transport.handle_async_request(request)

@@ -82,6 +82,10 @@ def test_spans_for_request_filters_and_upstream(upstream: tuple[Upstream, str]) 
     assert chat.attributes["gen_ai.system"] == "test"
     assert chat.attributes["http.response.status_code"] == 200
     assert chat.parent is not None and chat.parent.trace_id == first.context.trace_id
+    # the upstream got W3C trace context naming the client span
+    traceparent = server.seen[0].headers["traceparent"]
+    assert traceparent.split("-")[1] == format(chat.context.trace_id, "032x")
+    assert traceparent.split("-")[2] == format(chat.context.span_id, "016x")
     everything = json.dumps([dict(s.attributes or {}) for s in spans])
     assert "sk-client-secret" not in everything and "sk-upstream-secret" not in everything
 
