@@ -12,6 +12,8 @@ from core.flow import Flow
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
+    from core.upstream import Target
+
 log = logging.getLogger("outerloop.chain")
 
 
@@ -28,6 +30,7 @@ class Chain:
         self.tracer = tracer
         backwards = self.filters[::-1]
         self._request = [f for f in self.filters if _overrides(f, "on_request")]
+        self._upstream = [f for f in self.filters if _overrides(f, "on_upstream_request")]
         self._response = [f for f in backwards if _overrides(f, "on_response")]
         self._chunk = [f for f in backwards if _overrides(f, "on_response_chunk")]
         self._complete = [f for f in backwards if _overrides(f, "on_complete")]
@@ -58,6 +61,14 @@ class Chain:
                     span.set_attribute("outerloop.details", reply.details)
                     span.set_attribute("http.response.status_code", reply.status)
                     return reply
+        return None
+
+    async def on_upstream_request(self, flow: Flow, target: Target) -> LocalReply | None:
+        for flt in self._upstream:
+            reply = await flt.on_upstream_request(flow, target)
+            if reply is not None:
+                flow.details = reply.details
+                return reply
         return None
 
     async def on_response(self, flow: Flow) -> LocalReply | None:

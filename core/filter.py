@@ -59,6 +59,14 @@ class Filter:
         """Inspect or change the request (``flow.json``, ``flow.headers``, ``flow.targets``); runs in YAML order."""
         return None
 
+    async def on_upstream_request(self, flow: Flow, target: Target) -> LocalReply | None:
+        """Just before each upstream attempt, after routing (Envoy's upstream filters), in YAML order.
+
+        The route (``flow.route``) and the model this attempt goes to (``target``) are known here; a
+        LocalReply stops the request before the upstream is called.
+        """
+        return None
+
     async def on_response(self, flow: Flow) -> LocalReply | None:
         """The upstream's status and headers are known (``flow.response_status``); runs in reverse order."""
         return None

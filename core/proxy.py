@@ -119,7 +119,11 @@ class ProxyEndpoint:
                 return
             if tracer is not None:
                 span = observe.start_upstream_span(tracer, flow)
-            response, adapter = await self._dispatch(flow, span)
+            dispatched = await self._dispatch(flow, chain, span)
+            if isinstance(dispatched, LocalReply):
+                await self._reply(flow, send, dispatched)
+                return
+            response, adapter = dispatched
             flow.response_status = response.status_code
             if response.status_code >= 400:
                 await self._upstream_error(flow, send, response, adapter)
@@ -159,11 +163,15 @@ class ProxyEndpoint:
                 except Exception:
                     log.exception("request observer %r failed", observer)
 
-    async def _dispatch(self, flow: Flow, span: Span | None = None) -> tuple[httpx.Response, Adapter]:
+    async def _dispatch(self, flow: Flow, chain: Chain,
+                        span: Span | None = None) -> tuple[httpx.Response, Adapter] | LocalReply:
         """Try each target in order; the next one gets the request after a connect failure or a 429/5xx."""
         targets = flow.targets
         for i, target in enumerate(targets):
             last = i == len(targets) - 1
+            reply = await chain.on_upstream_request(flow, target)
+            if reply is not None:
+                return reply
             adapter = self.runtime.adapter(flow.api, target.upstream.api)
             request = adapter.request(flow, target)
             request.extensions["timeout"] = self.runtime.timeouts[target.model]

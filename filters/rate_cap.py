@@ -18,6 +18,7 @@ from core.filter import Filter, FilterContext, LocalReply
 from core.flow import Flow
 from core.hookspecs import hookimpl
 from core.plugins import RegisterFilter
+from core.upstream import Target
 from filters.rate_cap_memory import Backend, BackendUnavailable, Check, Kind, MemoryBackend, Outcome
 from filters.rate_cap_usage import UsageReader, estimate_input_tokens
 
@@ -159,6 +160,9 @@ class RateCapFilter(Filter):
         self.backend = backend
         self.listener = listener
         self.counts_tokens = any(cap.kind == "tokens" for cap in settings.caps)
+        # Caps keyed by model or route must see the routed request: then admission waits for the first
+        # upstream attempt (after the router), and stays one all-or-nothing decision over every cap.
+        self.after_routing = any(part in ("model", "route") for cap in settings.caps for part in cap.key)
         self._warned_at = -math.inf
         self._suppressed = 0
         self._down = False
@@ -189,6 +193,15 @@ class RateCapFilter(Filter):
         return f"{self.listener}:{cap.label}:{'|'.join(values)}"
 
     async def on_request(self, flow: Flow) -> LocalReply | None:
+        return None if self.after_routing else await self._admit(flow)
+
+    async def on_upstream_request(self, flow: Flow, target: Target) -> LocalReply | None:
+        # Once per request: a failover to the next model is the same request, already admitted.
+        if not self.after_routing or self.name in flow.state:
+            return None
+        return await self._admit(flow)
+
+    async def _admit(self, flow: Flow) -> LocalReply | None:
         estimate = estimate_input_tokens(flow.json) if self.counts_tokens else 0
         checks = [
             Check(cap.kind, self.key_of(flow, cap), cap.limit, cap.window, cap.burst or cap.limit,
@@ -230,6 +243,7 @@ class RateCapFilter(Filter):
         self._warn(exc, "refusing requests with 503 (fail_closed)" if closed
                    else "admitting requests without caps (fail_open)")
         flow.annotations["rate_cap.backend_unavailable"] = True
+        flow.state[self.name] = None  # decided for this request: a failover attempt does not ask again
         if closed:
             return LocalReply(503, "rate caps cannot be checked right now (backend unavailable); retry shortly",
                               "rate_cap.backend_unavailable", {"retry-after": "1"})

@@ -59,7 +59,16 @@ def make_flow(principal: str | None = "alice", headers: dict[str, str] | None = 
 
 
 def request(flt: RateCapFilter, flow: Flow | None = None) -> LocalReply | None:
-    return asyncio.run(flt.on_request(flow or make_flow()))
+    """The request phases as the core runs them: on_request, then (after routing) the first upstream attempt."""
+    flow = flow or make_flow()
+
+    async def phases() -> LocalReply | None:
+        reply = await flt.on_request(flow)
+        if reply is None and flow.targets:
+            reply = await flt.on_upstream_request(flow, flow.targets[0])
+        return reply
+
+    return asyncio.run(phases())
 
 
 def complete(flt: RateCapFilter, flow: Flow, error: BaseException | None = None) -> None:

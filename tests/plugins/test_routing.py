@@ -268,3 +268,33 @@ def test_router_keeps_to_models_the_principal_may_use(upstream: tuple[Upstream, 
     assert response.status_code == 200
     assert [s.json["model"] for s in server.seen] == ["coder"]
     assert decision["route"] == "chat" and decision["models"] == ["test/test-model"]
+
+
+def test_rate_caps_keyed_by_route_and_model_see_the_routed_request(
+        upstream: tuple[Upstream, str], router_server: tuple[RouterModelServer, str]) -> None:
+    server, base = upstream
+    router, router_url = router_server
+    caps = {"name": "rate_cap", "config": {"caps": [
+        {"requests": 1, "window": "1m", "key": "route"},
+        {"requests": 2, "window": "1m", "key": "model"},
+    ]}}
+    raw = _config(base, router_url, filters=[caps, "router"])
+    raw["routing_preferences"] += [
+        {"name": "greeting", "description": "hello", "models": ["test/test-model"]},
+        {"name": "farewell", "description": "goodbye", "models": ["test/test-model"]},
+    ]
+    with run_proxy(raw) as proxy:
+        url = proxy.url + "/v1/chat/completions"
+
+        def ask(route: str) -> httpx.Response:
+            router.answer = json.dumps({"route": route})
+            return httpx.post(url, json={"messages": MESSAGES})
+
+        first_chat, second_chat, coding, greeting, farewell = (
+            ask(r) for r in ("chat", "chat", "coding", "greeting", "farewell"))
+    assert first_chat.status_code == 200
+    assert second_chat.status_code == 429 and "by-route" in second_chat.json()["error"]["message"]
+    assert coding.status_code == 200  # another route has its own budget (and failed over once, admitted once)
+    assert greeting.status_code == 200  # a fresh route; test/test-model's second request of the minute
+    # a fresh route again, but test/test-model has had its two requests: the model cap says no
+    assert farewell.status_code == 429 and "by-model" in farewell.json()["error"]["message"]
