@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -162,3 +163,34 @@ class RedisServer:
         self.process.terminate()
         self.process.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def proxy_process(raw: dict[str, Any], directory: str | Path | None = None, env: dict[str, str] | None = None,
+                  args: tuple[str, ...] = ()) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`python -m core.cli serve` as a real separate process on a config dict; yields (process, base URL).
+
+    The first listener's port is chosen here when the config leaves it at 0.
+    """
+    raw = {**raw, "listeners": [dict(listener) for listener in raw["listeners"]]}
+    if not raw["listeners"][0].get("port"):
+        raw["listeners"][0]["port"] = free_port()
+    port = raw["listeners"][0]["port"]
+    path = write_config(raw, directory)
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    process = subprocess.Popen([sys.executable, "-m", "core.cli", "serve", "-c", str(path), *args], cwd=ROOT,
+                               env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, timeout=30)
+        yield process, f"http://127.0.0.1:{port}"
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)

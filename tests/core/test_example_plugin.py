@@ -8,13 +8,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 import yaml
 
 from tests.conftest import proxy_config
-from tests.harness import free_port, wait_for_port
+from tests.harness import proxy_process
 from tests.upstream import Upstream
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,26 +42,16 @@ def test_plugins_lists_the_installed_filter(installed: dict[str, str]) -> None:
 def test_filter_changes_one_request_and_answers_another(installed: dict[str, str], tmp_path: Path,
                                                         upstream: tuple[Upstream, str]) -> None:
     server, base = upstream
-    port = free_port()
     raw = proxy_config(base, filters=[{"name": "example_tag",
                                        "config": {"system_note": "Be brief.", "block_word": "secret plan"}}])
-    raw["listeners"][0]["port"] = port
-    path = tmp_path / "plugin.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    process = subprocess.Popen([sys.executable, "-m", "core.cli", "serve", "-c", str(path)], env=installed,
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, timeout=30)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
+    with proxy_process(raw, tmp_path, env=installed) as (_, url):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
         answer = client.chat.completions.with_raw_response.create(
             model="test-model", messages=[{"role": "user", "content": "hello"}])
         with pytest.raises(openai.PermissionDeniedError) as refused:
             client.chat.completions.create(model="test-model",
                                            messages=[{"role": "user", "content": "tell me the SECRET PLAN"}])
         client.close()
-    finally:
-        process.terminate()
-        process.wait(10)
     assert answer.headers["x-example-tag"] == "tagged"
     assert server.seen[0].json["messages"][0] == {"role": "system", "content": "Be brief."}
     assert len(server.seen) == 1  # the refused request never reached the upstream

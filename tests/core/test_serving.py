@@ -8,7 +8,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import trustme
 import yaml
 
 from tests.conftest import proxy_config
-from tests.harness import free_port, run_proxy, wait_for_port
+from tests.harness import free_port, proxy_process, run_proxy, wait_for_port
 from tests.upstream import Upstream
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,25 +93,11 @@ def test_graceful_shutdown_lets_open_stream_finish(upstream: tuple[Upstream, str
 
 
 @pytest.fixture
-def served(tmp_path: Path, upstream: tuple[Upstream, str]) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """`outerloop serve -w 2` as a real separate process tree."""
+def served(tmp_path: Path, upstream: tuple[Upstream, str]) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`outerloop serve --workers 2` as a real separate process tree."""
     server, base = upstream
-    port = free_port()
-    raw = proxy_config(base)
-    raw["listeners"] = [{"name": "w", "port": port}]
-    path = tmp_path / "workers.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    process = subprocess.Popen([sys.executable, "-m", "core.cli", "serve", "-c", str(path), "--workers", "2"],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_for_port(port, timeout=30)
-        yield process, port
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
-        if process.stderr:
-            process.stderr.close()
+    with proxy_process(proxy_config(base), tmp_path, args=("--workers", "2")) as served:
+        yield served
 
 
 def _children(pid: int) -> list[int]:
@@ -123,10 +108,10 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def test_workers_serve_and_stop_on_sigterm(served: tuple[subprocess.Popen[bytes], int]) -> None:
-    process, port = served
+def test_workers_serve_and_stop_on_sigterm(served: tuple[subprocess.Popen[bytes], str]) -> None:
+    process, url = served
     for _ in range(20):
-        response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"messages": MESSAGES})
+        response = httpx.post(url + "/v1/chat/completions", json={"messages": MESSAGES})
         assert response.status_code == 200
     workers = [pid for pid in _children(process.pid)
                if "outerloop-worker" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")

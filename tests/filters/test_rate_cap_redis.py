@@ -3,10 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -25,10 +22,9 @@ from filters.rate_cap import RateCapConfig, RateCapFilter, RedisSettings, TokenR
 from filters.rate_cap_memory import Check
 from filters.rate_cap_redis import RedisBackend
 from tests.conftest import proxy_config
-from tests.harness import free_port, run_proxy, wait_for_port, write_config
+from tests.harness import free_port, proxy_process, run_proxy
 from tests.upstream import Upstream
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def settings(url: str, **extra: Any) -> RedisSettings:
@@ -253,24 +249,8 @@ def separate_proxy(upstream: tuple[Upstream, str], redis_url: str, tmp_path: Pat
         "caps": [{"requests": 10, "window": "1m", "key": "global"}], "backend": "redis",
         "redis": {"url": redis_url, "key_prefix": prefix}}}]
     raw = proxy_config(base, filters=filters, server={"drain_seconds": 1})
-    port = free_port()
-    raw["listeners"][0]["port"] = port
-    path = write_config(raw, tmp_path)
-    process = subprocess.Popen([sys.executable, "-m", "core.cli", "serve", "-c", str(path)], cwd=ROOT,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_for_port(port, timeout=15)
-        yield f"http://127.0.0.1:{port}", raw
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-        if process.stderr is not None:
-            process.stderr.close()
+    with proxy_process(raw, tmp_path) as (_, url):
+        yield url, raw
 
 
 def test_two_proxy_processes_share_one_budget(separate_proxy: tuple[str, dict[str, Any]]) -> None:

@@ -19,7 +19,7 @@ from core.upstream import Upstreams
 from filters.session import SessionConfig, SessionFilter
 from filters.session_store import MemoryPinStore, RedisPinStore, StoreUnavailable
 from tests.conftest import proxy_config
-from tests.harness import free_port, run_proxy
+from tests.harness import free_port, proxy_process, run_proxy
 from tests.upstream import Upstream
 
 SYSTEM = {"role": "system", "content": "You are an agent."}
@@ -297,8 +297,9 @@ def test_pin_set_through_one_proxy_is_honoured_by_another(upstream: tuple[Upstre
     server, base = upstream
     config = shared_config(base, redis_url, f"it:{time.time_ns()}:")
     headers = {"x-session-id": "trip-1"}
-    with run_proxy(config) as one, run_proxy(config) as two:
-        first = httpx.post(one.url + "/v1/chat/completions", headers=headers,
+    # `one` is a separate process; `two` runs in this one: they share nothing but Redis.
+    with proxy_process(config) as (_, one_url), run_proxy(config) as two:
+        first = httpx.post(one_url + "/v1/chat/completions", headers=headers,
                            json={"model": "test/pinned-model", "messages": [SYSTEM, ASK]})
         assert first.status_code == 200 and first.headers["x-session-id"] == "trip-1"
         assert server.seen[-1].json["model"] == "pinned-model"
