@@ -224,3 +224,24 @@ def test_client_disconnect_closes_upstream_stream(upstream: tuple[Upstream, str]
             time.sleep(0.05)
     assert server.streams_cancelled == 1
     assert len(server.sent_at[-1]) < 10
+
+
+def test_keys_and_headers_sent_the_way_each_provider_expects(upstream: tuple[Upstream, str]) -> None:
+    server, base = upstream
+    raw = proxy_config(base)
+    raw["model_providers"] += [
+        {"model": "own/passthrough", "base_url": base, "passthrough_auth": True},
+        {"model": "org/with-headers", "base_url": base, "access_key": "sk-org",
+         "headers": {"OpenAI-Organization": "org-123"}},
+    ]
+    client_auth = {"authorization": "Bearer sk-client-own"}
+    with run_proxy(raw) as proxy:
+        for model in ("test-model", "passthrough", "with-headers"):
+            response = httpx.post(proxy.url + "/v1/chat/completions", headers=client_auth,
+                                  json={"model": model, "messages": MESSAGES})
+            assert response.status_code == 200
+    configured, passed, organised = (seen.headers for seen in server.seen)
+    # the client's own key reaches the upstream only where the provider says so
+    assert configured["authorization"] == "Bearer sk-upstream-secret"
+    assert passed["authorization"] == "Bearer sk-client-own"
+    assert organised["authorization"] == "Bearer sk-org" and organised["openai-organization"] == "org-123"
