@@ -1,35 +1,17 @@
-"""Translation between OpenAI Chat Completions and Anthropic Messages requests, responses and errors."""
+"""Requests translated between OpenAI Chat Completions and Anthropic Messages, and the typed field access both use."""
 
 from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 from typing import Any
 
-from core.errors import ANTHROPIC_STATUSES, anthropic_error, anthropic_error_type, openai_error
 
 ANTHROPIC_VERSION = "2023-06-01"
 # Anthropic requires max_tokens; OpenAI clients usually leave it out.
 DEFAULT_MAX_TOKENS = 4096
 
-FINISH_REASONS = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "pause_turn": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
-STOP_REASONS = {
-    "stop": "end_turn",
-    "length": "max_tokens",
-    "tool_calls": "tool_use",
-    "function_call": "tool_use",
-    "content_filter": "refusal",
-}
 _DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+)(?:;[^;,]*)*;base64,(.*)", re.DOTALL)
 # Anthropic rejects tool ids outside this alphabet; some OpenAI-compatible servers emit e.g. "fn:0".
 _TOOL_ID_INVALID = re.compile(r"[^a-zA-Z0-9_-]")
@@ -43,19 +25,19 @@ class TranslationError(ValueError):
         self.field = field
 
 
-def _dict(value: object, field: str) -> dict[str, Any]:
+def expect_object(value: object, field: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise TranslationError(field, f"expected an object, got {_kind(value)}")
     return value
 
 
-def _list(value: object, field: str) -> list[Any]:
+def expect_array(value: object, field: str) -> list[Any]:
     if not isinstance(value, list):
         raise TranslationError(field, f"expected an array, got {_kind(value)}")
     return value
 
 
-def _str(value: object, field: str) -> str:
+def expect_string(value: object, field: str) -> str:
     if not isinstance(value, str):
         raise TranslationError(field, f"expected a string, got {_kind(value)}")
     return value
@@ -77,7 +59,7 @@ def _kind(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _dumps(value: object) -> str:
+def compact_json(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -85,56 +67,19 @@ def tool_id(value: str) -> str:
     return _TOOL_ID_INVALID.sub("_", value) or f"toolu_{uuid.uuid4().hex[:24]}"
 
 
-def chat_completion_id(message_id: object) -> str:
-    suffix = message_id.removeprefix("msg_") if isinstance(message_id, str) and message_id else uuid.uuid4().hex
-    return f"chatcmpl-{suffix}"
-
-
-def message_id(completion_id: object) -> str:
-    suffix = completion_id.removeprefix("chatcmpl-") if isinstance(completion_id, str) and completion_id else ""
-    return f"msg_{suffix or uuid.uuid4().hex}"
-
-
-def openai_usage(usage: object) -> dict[str, Any]:
-    """Anthropic usage as OpenAI's: prompt_tokens counts cached input too, as OpenAI's does."""
-    usage = usage if isinstance(usage, dict) else {}
-    cache_read = usage.get("cache_read_input_tokens") or 0
-    prompt = (usage.get("input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0) + cache_read
-    completion = usage.get("output_tokens") or 0
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cache_read},
-    }
-
-
-def anthropic_usage(usage: object) -> dict[str, Any]:
-    """OpenAI usage as Anthropic's, where input_tokens excludes what was read from the cache."""
-    usage = usage if isinstance(usage, dict) else {}
-    details = usage.get("prompt_tokens_details")
-    cached = (details.get("cached_tokens") if isinstance(details, dict) else None) or 0
-    return {
-        "input_tokens": max((usage.get("prompt_tokens") or 0) - cached, 0),
-        "output_tokens": usage.get("completion_tokens") or 0,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": cached,
-    }
-
-
 # OpenAI -> Anthropic requests
 
 
 def openai_to_anthropic_request(body: dict[str, Any], model_id: str) -> dict[str, Any]:
-    body = _dict(body, "body")
+    body = expect_object(body, "body")
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
-    for i, message in enumerate(_list(body.get("messages"), "messages")):
+    for i, message in enumerate(expect_array(body.get("messages"), "messages")):
         field = f"messages[{i}]"
-        message = _dict(message, field)
+        message = expect_object(message, field)
         role = message.get("role")
         if role in ("system", "developer"):
-            system += _text_blocks(message.get("content"), f"{field}.content")
+            system += text_blocks(message.get("content"), f"{field}.content")
         elif role == "user":
             _append_turn(turns, "user", _user_blocks(message.get("content"), f"{field}.content"))
         elif role == "assistant":
@@ -165,14 +110,14 @@ def openai_to_anthropic_request(body: dict[str, Any], model_id: str) -> dict[str
     if isinstance(stop, str):
         out["stop_sequences"] = [stop]
     elif stop is not None:
-        out["stop_sequences"] = [_str(s, f"stop[{j}]") for j, s in enumerate(_list(stop, "stop"))]
+        out["stop_sequences"] = [expect_string(s, f"stop[{j}]") for j, s in enumerate(expect_array(stop, "stop"))]
     if body.get("stream") is not None:
         out["stream"] = bool(body["stream"])
     user = body.get("user") or body.get("safety_identifier")
     if user is not None:
-        out["metadata"] = {"user_id": _str(user, "user")}
+        out["metadata"] = {"user_id": expect_string(user, "user")}
     if body.get("tools"):
-        out["tools"] = [_anthropic_tool(t, f"tools[{j}]") for j, t in enumerate(_list(body["tools"], "tools"))]
+        out["tools"] = [_anthropic_tool(t, f"tools[{j}]") for j, t in enumerate(expect_array(body["tools"], "tools"))]
     choice = _anthropic_tool_choice(body.get("tool_choice"))
     if body.get("parallel_tool_calls") is False and out.get("tools"):
         choice = choice or {"type": "auto"}
@@ -200,12 +145,12 @@ def _collapse(blocks: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
     return blocks
 
 
-def _text_blocks(content: object, field: str, types: tuple[str, ...] = ("text",)) -> list[dict[str, Any]]:
+def text_blocks(content: object, field: str, types: tuple[str, ...] = ("text",)) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
     blocks = []
-    for j, part in enumerate(_list(content, field)):
-        part = _dict(part, f"{field}[{j}]")
+    for j, part in enumerate(expect_array(content, field)):
+        part = expect_object(part, f"{field}[{j}]")
         kind = part.get("type")
         if kind not in types:
             raise TranslationError(f"{field}[{j}].type", f"expected {' or '.join(types)}, got {kind!r}")
@@ -214,7 +159,7 @@ def _text_blocks(content: object, field: str, types: tuple[str, ...] = ("text",)
 
 
 def _text_part(part: dict[str, Any], kind: str, field: str) -> list[dict[str, Any]]:
-    text = _str(part.get(kind), f"{field}.{kind}")
+    text = expect_string(part.get(kind), f"{field}.{kind}")
     if not text:
         return []
     block = {"type": "text", "text": text}
@@ -226,22 +171,22 @@ def _text_part(part: dict[str, Any], kind: str, field: str) -> list[dict[str, An
 
 def _user_blocks(content: object, field: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
-        return _text_blocks(content, field)
+        return text_blocks(content, field)
     blocks: list[dict[str, Any]] = []
-    for j, part in enumerate(_list(content, field)):
+    for j, part in enumerate(expect_array(content, field)):
         at = f"{field}[{j}]"
-        part = _dict(part, at)
+        part = expect_object(part, at)
         kind = part.get("type")
         if kind == "text":
             blocks += _text_part(part, "text", at)
         elif kind == "image_url":
-            url = _str(_dict(part.get("image_url"), f"{at}.image_url").get("url"), f"{at}.image_url.url")
+            url = expect_string(expect_object(part.get("image_url"), f"{at}.image_url").get("url"), f"{at}.image_url.url")
             blocks.append({"type": "image", "source": _anthropic_source(url, f"{at}.image_url.url")})
         elif kind == "file":
-            data = _dict(part.get("file"), f"{at}.file").get("file_data")
+            data = expect_object(part.get("file"), f"{at}.file").get("file_data")
             if data is None:
                 raise TranslationError(f"{at}.file.file_data", "only inline file_data can be sent to Anthropic")
-            blocks.append({"type": "document", "source": _anthropic_source(_str(data, f"{at}.file.file_data"), at)})
+            blocks.append({"type": "document", "source": _anthropic_source(expect_string(data, f"{at}.file.file_data"), at)})
         else:
             raise TranslationError(f"{at}.type", f"content part {kind!r} cannot be sent to Anthropic")
     return blocks
@@ -258,23 +203,23 @@ def _anthropic_source(url: str, field: str) -> dict[str, Any]:
 
 def _assistant_blocks(message: dict[str, Any], field: str) -> list[dict[str, Any]]:
     content = message.get("content")
-    blocks = [] if content is None else _text_blocks(content, f"{field}.content", ("text", "refusal"))
-    for j, call in enumerate(_list(message.get("tool_calls") or [], f"{field}.tool_calls")):
+    blocks = [] if content is None else text_blocks(content, f"{field}.content", ("text", "refusal"))
+    for j, call in enumerate(expect_array(message.get("tool_calls") or [], f"{field}.tool_calls")):
         at = f"{field}.tool_calls[{j}]"
-        call = _dict(call, at)
+        call = expect_object(call, at)
         if call.get("type", "function") != "function":
             raise TranslationError(f"{at}.type", f"tool call {call.get('type')!r} cannot be sent to Anthropic")
-        function = _dict(call.get("function"), f"{at}.function")
-        arguments = _str(function.get("arguments") or "{}", f"{at}.function.arguments")
+        function = expect_object(call.get("function"), f"{at}.function")
+        arguments = expect_string(function.get("arguments") or "{}", f"{at}.function.arguments")
         try:
             tool_input = json.loads(arguments)
         except ValueError:
             raise TranslationError(f"{at}.function.arguments", "not valid JSON") from None
         blocks.append({
             "type": "tool_use",
-            "id": tool_id(_str(call.get("id"), f"{at}.id")),
-            "name": _str(function.get("name"), f"{at}.function.name"),
-            "input": _dict(tool_input, f"{at}.function.arguments"),
+            "id": tool_id(expect_string(call.get("id"), f"{at}.id")),
+            "name": expect_string(function.get("name"), f"{at}.function.name"),
+            "input": expect_object(tool_input, f"{at}.function.arguments"),
         })
     return blocks
 
@@ -282,26 +227,26 @@ def _assistant_blocks(message: dict[str, Any], field: str) -> list[dict[str, Any
 def _tool_result_block(message: dict[str, Any], field: str) -> dict[str, Any]:
     block: dict[str, Any] = {
         "type": "tool_result",
-        "tool_use_id": tool_id(_str(message.get("tool_call_id"), f"{field}.tool_call_id")),
+        "tool_use_id": tool_id(expect_string(message.get("tool_call_id"), f"{field}.tool_call_id")),
     }
-    content = _text_blocks(message.get("content"), f"{field}.content")
+    content = text_blocks(message.get("content"), f"{field}.content")
     if content:
         block["content"] = _collapse(content)
     return block
 
 
 def _anthropic_tool(tool: object, field: str) -> dict[str, Any]:
-    tool = _dict(tool, field)
+    tool = expect_object(tool, field)
     if tool.get("type") != "function":
         raise TranslationError(f"{field}.type", f"tool type {tool.get('type')!r} cannot be sent to Anthropic")
-    function = _dict(tool.get("function"), f"{field}.function")
-    out: dict[str, Any] = {"name": _str(function.get("name"), f"{field}.function.name")}
+    function = expect_object(tool.get("function"), f"{field}.function")
+    out: dict[str, Any] = {"name": expect_string(function.get("name"), f"{field}.function.name")}
     if function.get("description") is not None:
-        out["description"] = _str(function["description"], f"{field}.function.description")
+        out["description"] = expect_string(function["description"], f"{field}.function.description")
     schema = function.get("parameters")
     if schema is None:
         schema = {"type": "object", "properties": {}}
-    out["input_schema"] = _dict(schema, f"{field}.function.parameters")
+    out["input_schema"] = expect_object(schema, f"{field}.function.parameters")
     return out
 
 
@@ -312,8 +257,8 @@ def _anthropic_tool_choice(choice: object) -> dict[str, Any] | None:
     if isinstance(choice, str) and choice in simple:
         return {"type": simple[choice]}
     if isinstance(choice, dict) and choice.get("type") == "function":
-        name = _dict(choice.get("function"), "tool_choice.function").get("name")
-        return {"type": "tool", "name": _str(name, "tool_choice.function.name")}
+        name = expect_object(choice.get("function"), "tool_choice.function").get("name")
+        return {"type": "tool", "name": expect_string(name, "tool_choice.function.name")}
     raise TranslationError("tool_choice", f"expected auto, none, required or a function, got {choice!r}")
 
 
@@ -321,16 +266,16 @@ def _anthropic_tool_choice(choice: object) -> dict[str, Any] | None:
 
 
 def anthropic_to_openai_request(body: dict[str, Any], model_id: str) -> dict[str, Any]:
-    body = _dict(body, "body")
+    body = expect_object(body, "body")
     messages: list[dict[str, Any]] = []
     if body.get("system") is not None:
         # One system message: several trip up the chat templates of many OpenAI-compatible servers.
-        system = "\n".join(b["text"] for b in _text_blocks(body["system"], "system"))
+        system = "\n".join(b["text"] for b in text_blocks(body["system"], "system"))
         if system:
             messages.append({"role": "system", "content": system})
-    for i, message in enumerate(_list(body.get("messages"), "messages")):
+    for i, message in enumerate(expect_array(body.get("messages"), "messages")):
         field = f"messages[{i}]"
-        message = _dict(message, field)
+        message = expect_object(message, field)
         role = message.get("role")
         if role == "user":
             messages += _openai_user_messages(message.get("content"), f"{field}.content")
@@ -346,22 +291,22 @@ def anthropic_to_openai_request(body: dict[str, Any], model_id: str) -> dict[str
         if body.get(name) is not None:
             out[name] = _number(body[name], name)
     if body.get("stop_sequences") is not None:
-        stops = _list(body["stop_sequences"], "stop_sequences")
-        out["stop"] = [_str(s, f"stop_sequences[{j}]") for j, s in enumerate(stops)]
+        stops = expect_array(body["stop_sequences"], "stop_sequences")
+        out["stop"] = [expect_string(s, f"stop_sequences[{j}]") for j, s in enumerate(stops)]
     if body.get("stream"):
         # The usage chunk is what lets the Anthropic stream report output_tokens.
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
     metadata = body.get("metadata")
-    if metadata is not None and _dict(metadata, "metadata").get("user_id") is not None:
-        out["user"] = _str(metadata["user_id"], "metadata.user_id")
+    if metadata is not None and expect_object(metadata, "metadata").get("user_id") is not None:
+        out["user"] = expect_string(metadata["user_id"], "metadata.user_id")
     if body.get("tools"):
-        out["tools"] = [_openai_tool(t, f"tools[{j}]") for j, t in enumerate(_list(body["tools"], "tools"))]
+        out["tools"] = [_openai_tool(t, f"tools[{j}]") for j, t in enumerate(expect_array(body["tools"], "tools"))]
     if body.get("tool_choice") is not None:
-        choice = _dict(body["tool_choice"], "tool_choice")
+        choice = expect_object(body["tool_choice"], "tool_choice")
         kind = choice.get("type")
         if kind == "tool":
-            name = _str(choice.get("name"), "tool_choice.name")
+            name = expect_string(choice.get("name"), "tool_choice.name")
             out["tool_choice"] = {"type": "function", "function": {"name": name}}
         elif kind in ("auto", "any", "none"):
             out["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[kind]
@@ -378,16 +323,16 @@ def _openai_user_messages(content: object, field: str) -> list[dict[str, Any]]:
     # Tool results become `tool` messages, which must directly follow the assistant's tool calls.
     tool_messages: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
-    for j, block in enumerate(_list(content, field)):
+    for j, block in enumerate(expect_array(content, field)):
         at = f"{field}[{j}]"
-        block = _dict(block, at)
+        block = expect_object(block, at)
         if block.get("type") == "tool_result":
             inner = block.get("content")
             text: list[str] = []
             if isinstance(inner, str):
                 text.append(inner)
             elif inner is not None:
-                for k, part in enumerate(_list(inner, f"{at}.content")):
+                for k, part in enumerate(expect_array(inner, f"{at}.content")):
                     converted = _openai_part(part, f"{at}.content[{k}]")
                     # OpenAI tool messages carry text only; images go to the user turn that follows.
                     if converted["type"] == "text":
@@ -396,7 +341,7 @@ def _openai_user_messages(content: object, field: str) -> list[dict[str, Any]]:
                         parts.append(converted)
             tool_messages.append({
                 "role": "tool",
-                "tool_call_id": _str(block.get("tool_use_id"), f"{at}.tool_use_id"),
+                "tool_call_id": expect_string(block.get("tool_use_id"), f"{at}.tool_use_id"),
                 "content": "\n".join(text),
             })
         else:
@@ -407,20 +352,20 @@ def _openai_user_messages(content: object, field: str) -> list[dict[str, Any]]:
 
 
 def _openai_part(block: object, field: str) -> dict[str, Any]:
-    block = _dict(block, field)
+    block = expect_object(block, field)
     kind = block.get("type")
     if kind == "text":
-        return {"type": "text", "text": _str(block.get("text"), f"{field}.text")}
+        return {"type": "text", "text": expect_string(block.get("text"), f"{field}.text")}
     if kind in ("image", "document"):
-        source = _dict(block.get("source"), f"{field}.source")
+        source = expect_object(block.get("source"), f"{field}.source")
         source_type = source.get("type")
         if source_type == "url":
-            url = _str(source.get("url"), f"{field}.source.url")
+            url = expect_string(source.get("url"), f"{field}.source.url")
         elif source_type == "base64":
-            media_type = _str(source.get("media_type"), f"{field}.source.media_type")
-            url = f"data:{media_type};base64,{_str(source.get('data'), f'{field}.source.data')}"
+            media_type = expect_string(source.get("media_type"), f"{field}.source.media_type")
+            url = f"data:{media_type};base64,{expect_string(source.get('data'), f'{field}.source.data')}"
         elif source_type == "text" and kind == "document":
-            return {"type": "text", "text": _str(source.get("data"), f"{field}.source.data")}
+            return {"type": "text", "text": expect_string(source.get("data"), f"{field}.source.data")}
         else:
             raise TranslationError(f"{field}.source.type", f"source {source_type!r} cannot be sent to OpenAI")
         if kind == "image":
@@ -435,19 +380,19 @@ def _openai_assistant_message(content: object, field: str) -> dict[str, Any]:
         return {"role": "assistant", "content": content}
     text: list[str] = []
     calls: list[dict[str, Any]] = []
-    for j, block in enumerate(_list(content, field)):
+    for j, block in enumerate(expect_array(content, field)):
         at = f"{field}[{j}]"
-        block = _dict(block, at)
+        block = expect_object(block, at)
         kind = block.get("type")
         if kind == "text":
-            text.append(_str(block.get("text"), f"{at}.text"))
+            text.append(expect_string(block.get("text"), f"{at}.text"))
         elif kind == "tool_use":
             calls.append({
-                "id": _str(block.get("id"), f"{at}.id"),
+                "id": expect_string(block.get("id"), f"{at}.id"),
                 "type": "function",
                 "function": {
-                    "name": _str(block.get("name"), f"{at}.name"),
-                    "arguments": _dumps(_dict(block.get("input", {}), f"{at}.input")),
+                    "name": expect_string(block.get("name"), f"{at}.name"),
+                    "arguments": compact_json(expect_object(block.get("input", {}), f"{at}.input")),
                 },
             })
         elif kind not in ("thinking", "redacted_thinking"):
@@ -460,134 +405,11 @@ def _openai_assistant_message(content: object, field: str) -> dict[str, Any]:
 
 
 def _openai_tool(tool: object, field: str) -> dict[str, Any]:
-    tool = _dict(tool, field)
+    tool = expect_object(tool, field)
     if tool.get("type") not in (None, "custom"):
         raise TranslationError(f"{field}.type", f"server tool {tool.get('type')!r} cannot be sent to OpenAI")
-    function: dict[str, Any] = {"name": _str(tool.get("name"), f"{field}.name")}
+    function: dict[str, Any] = {"name": expect_string(tool.get("name"), f"{field}.name")}
     if tool.get("description") is not None:
-        function["description"] = _str(tool["description"], f"{field}.description")
-    function["parameters"] = _dict(tool.get("input_schema"), f"{field}.input_schema")
+        function["description"] = expect_string(tool["description"], f"{field}.description")
+    function["parameters"] = expect_object(tool.get("input_schema"), f"{field}.input_schema")
     return {"type": "function", "function": function}
-
-
-# Responses
-
-
-def anthropic_to_openai_response(body: dict[str, Any], model: str) -> dict[str, Any]:
-    body = _dict(body, "body")
-    text: list[str] = []
-    calls: list[dict[str, Any]] = []
-    for j, block in enumerate(_list(body.get("content"), "content")):
-        block = _dict(block, f"content[{j}]")
-        if block.get("type") == "text":
-            text.append(_str(block.get("text"), f"content[{j}].text"))
-        elif block.get("type") == "tool_use":
-            calls.append({
-                "id": _str(block.get("id"), f"content[{j}].id"),
-                "type": "function",
-                "function": {
-                    "name": _str(block.get("name"), f"content[{j}].name"),
-                    "arguments": _dumps(block.get("input") or {}),
-                },
-            })
-        # Thinking and server-tool blocks have no Chat Completions counterpart.
-    message: dict[str, Any] = {
-        "role": "assistant",
-        "content": "".join(text) if text or not calls else None,
-        "refusal": None,
-    }
-    if calls:
-        message["tool_calls"] = calls
-    return {
-        "id": chat_completion_id(body.get("id")),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": None,
-            "finish_reason": FINISH_REASONS.get(body.get("stop_reason") or "", "stop"),
-        }],
-        "usage": openai_usage(body.get("usage")),
-    }
-
-
-def openai_to_anthropic_response(body: dict[str, Any], model: str) -> dict[str, Any]:
-    body = _dict(body, "body")
-    choices = _list(body.get("choices"), "choices")
-    if not choices:
-        raise TranslationError("choices", "expected at least one choice")
-    choice = _dict(choices[0], "choices[0]")
-    message = _dict(choice.get("message"), "choices[0].message")
-    content: list[dict[str, Any]] = []
-    for key in ("content", "refusal"):
-        if message.get(key):
-            content += _text_blocks(message[key], f"choices[0].message.{key}")
-    for j, call in enumerate(_list(message.get("tool_calls") or [], "choices[0].message.tool_calls")):
-        at = f"choices[0].message.tool_calls[{j}]"
-        call = _dict(call, at)
-        function = _dict(call.get("function"), f"{at}.function")
-        try:
-            tool_input = json.loads(_str(function.get("arguments") or "{}", f"{at}.function.arguments"))
-        except ValueError:
-            raise TranslationError(f"{at}.function.arguments", "not valid JSON") from None
-        content.append({
-            "type": "tool_use",
-            "id": tool_id(_str(call.get("id") or "", f"{at}.id")),
-            "name": _str(function.get("name"), f"{at}.function.name"),
-            "input": _dict(tool_input, f"{at}.function.arguments"),
-        })
-    return {
-        "id": message_id(body.get("id")),
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": STOP_REASONS.get(choice.get("finish_reason") or "", "end_turn"),
-        "stop_sequence": None,
-        "usage": anthropic_usage(body.get("usage")),
-    }
-
-
-# Errors
-
-
-def anthropic_error_status(error_type: object) -> int:
-    """The HTTP status Anthropic pairs with an error type (500 when unknown), for errors that arrive in a stream."""
-    return ANTHROPIC_STATUSES.get(error_type, 500) if isinstance(error_type, str) else 500
-
-
-def openai_error_to_anthropic(body: bytes, status: int) -> bytes:
-    data = _error_json(body)
-    error = data.get("error")
-    message, code = None, None
-    if isinstance(error, dict):
-        message, code = error.get("message"), error.get("code") or error.get("type")
-    elif isinstance(error, str):
-        message = error
-    message = message or data.get("message") or data.get("detail")
-    return _dumps(anthropic_error(status, _error_text(message, body, status), str(code or "upstream_error"))).encode()
-
-
-def anthropic_error_to_openai(body: bytes, status: int) -> bytes:
-    error = _error_json(body).get("error")
-    error = error if isinstance(error, dict) else {}
-    code = error["type"] if isinstance(error.get("type"), str) else anthropic_error_type(status)
-    return _dumps(openai_error(status, _error_text(error.get("message"), body, status), code)).encode()
-
-
-def _error_json(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _error_text(message: object, body: bytes, status: int) -> str:
-    if isinstance(message, str) and message:
-        return message
-    # Not a JSON error body (an HTML page from a load balancer, say): pass on a bounded excerpt.
-    text = body.decode("utf-8", "replace").strip()[:1000]
-    return text or f"upstream returned HTTP {status}"

@@ -8,16 +8,15 @@ from typing import Any
 
 from core.errors import anthropic_error, openai_error
 from core.sse import SSEDecoder
-from core.providers.anthropic import (
+from core.providers.anthropic import TranslationError, tool_id
+from core.providers.anthropic_response import (
     FINISH_REASONS,
     STOP_REASONS,
-    TranslationError,
     anthropic_error_status,
     anthropic_usage,
     chat_completion_id,
     message_id,
     openai_usage,
-    tool_id,
 )
 
 _DONE = b"data: [DONE]\n\n"

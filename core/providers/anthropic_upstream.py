@@ -14,11 +14,13 @@ from core.providers import Adapter
 from core.providers.anthropic import (
     ANTHROPIC_VERSION,
     TranslationError,
-    anthropic_error_to_openai,
     anthropic_to_openai_request,
+    openai_to_anthropic_request,
+)
+from core.providers.anthropic_response import (
+    anthropic_error_to_openai,
     anthropic_to_openai_response,
     openai_error_to_anthropic,
-    openai_to_anthropic_request,
     openai_to_anthropic_response,
 )
 from core.providers.anthropic_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
