@@ -7,7 +7,6 @@ import re
 import uuid
 from typing import Any
 
-
 ANTHROPIC_VERSION = "2023-06-01"
 # Anthropic requires max_tokens; OpenAI clients usually leave it out.
 DEFAULT_MAX_TOKENS = 4096
