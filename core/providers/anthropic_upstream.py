@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -43,13 +44,6 @@ def _encode(body: dict[str, Any]) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _translated(flow: Flow, translate: Any, model_id: str) -> bytes:
-    try:
-        return _encode(translate(flow.json, model_id))
-    except TranslationError as exc:
-        raise RequestError(400, str(exc), "invalid_request", exc.field) from None
-
-
 def anthropic_headers(flow: Flow, target: Target) -> list[tuple[str, str]]:
     provider = target.provider
     headers = [("content-type", "application/json"), ("x-request-id", flow.request_id)]
@@ -78,42 +72,88 @@ async def _whole(response: httpx.Response) -> bytes:
     return bytes(data)
 
 
-async def _translate_stream(response: httpx.Response, translator: _StreamTranslator,
-                            flow: Flow) -> AsyncIterator[bytes]:
-    async for chunk in response.aiter_raw():
-        out = translator.feed(chunk)
-        if out:
-            yield out
-    tail = translator.close()
-    flow.usage = translator.usage
-    if tail:
-        yield tail
-
-
-class OpenAIClientAnthropicUpstream:
-    """OpenAI chat completions in, Anthropic messages upstream, OpenAI shapes back."""
+class _TranslatingAdapter(ABC):
+    """Requests and answers cross API shapes: the subclasses say how, this runs it."""
 
     rewrites_body = True
+    path = ""
+
+    @abstractmethod
+    def headers(self, flow: Flow, target: Target) -> list[tuple[str, str]]: ...
+
+    @abstractmethod
+    def translate_request(self, body: dict[str, Any], model_id: str) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def stream_translator(self, flow: Flow, model: str) -> _StreamTranslator: ...
+
+    @abstractmethod
+    def translate_response(self, body: dict[str, Any], model: str) -> tuple[dict[str, Any], Any]:
+        """The client's body, and the OpenAI-shaped usage (kept on the flow for filters and metrics)."""
 
     def request(self, flow: Flow, target: Target) -> httpx.Request:
-        body = _translated(flow, openai_to_anthropic_request, target.model_id)
-        return httpx.Request("POST", target.upstream.url("/messages"), headers=anthropic_headers(flow, target),
+        try:
+            body = _encode(self.translate_request(flow.json, target.model_id))
+        except TranslationError as exc:
+            raise RequestError(400, str(exc), "invalid_request", exc.field) from None
+        return httpx.Request("POST", target.upstream.url(self.path), headers=self.headers(flow, target),
                              content=body)
 
     async def body(self, flow: Flow, response: httpx.Response) -> AsyncIterator[bytes]:
         model = flow.served_by.model_id if flow.served_by else flow.model or ""
         if flow.stream:
-            options = flow.json.get("stream_options")
-            include_usage = isinstance(options, dict) and options.get("include_usage") is True
-            async for out in _translate_stream(response, AnthropicToOpenAIStream(model, include_usage), flow):
-                yield out
+            translator = self.stream_translator(flow, model)
+            async for chunk in response.aiter_raw():
+                out = translator.feed(chunk)
+                if out:
+                    yield out
+            tail = translator.close()
+            flow.usage = translator.usage
+            if tail:
+                yield tail
             return
-        translated = anthropic_to_openai_response(json.loads(await _whole(response)), model)
-        flow.usage = translated.get("usage")
+        data = bytearray()
+        async for chunk in response.aiter_raw():
+            data += chunk
+        translated, usage = self.translate_response(json.loads(data), model)
+        flow.usage = usage if isinstance(usage, dict) else None
         yield _encode(translated)
+
+
+class OpenAIClientAnthropicUpstream(_TranslatingAdapter):
+    """OpenAI chat completions in, Anthropic messages upstream, OpenAI shapes back."""
+
+    path = "/messages"
+    headers = staticmethod(anthropic_headers)
+    translate_request = staticmethod(openai_to_anthropic_request)
+
+    def stream_translator(self, flow: Flow, model: str) -> _StreamTranslator:
+        options = flow.json.get("stream_options")
+        return AnthropicToOpenAIStream(model, isinstance(options, dict) and options.get("include_usage") is True)
+
+    def translate_response(self, body: dict[str, Any], model: str) -> tuple[dict[str, Any], Any]:
+        translated = anthropic_to_openai_response(body, model)
+        return translated, translated.get("usage")
 
     def error_body(self, flow: Flow, status: int, body: bytes) -> bytes:
         return anthropic_error_to_openai(body, status)
+
+
+class AnthropicClientOpenAIUpstream(_TranslatingAdapter):
+    """Anthropic messages in, OpenAI-shaped upstream (OpenAI, vLLM, Ollama, demo), Anthropic shapes back."""
+
+    path = "/chat/completions"
+    headers = staticmethod(bearer_headers)
+    translate_request = staticmethod(anthropic_to_openai_request)
+
+    def stream_translator(self, flow: Flow, model: str) -> _StreamTranslator:
+        return OpenAIToAnthropicStream(model)
+
+    def translate_response(self, body: dict[str, Any], model: str) -> tuple[dict[str, Any], Any]:
+        return openai_to_anthropic_response(body, model), body.get("usage")
+
+    def error_body(self, flow: Flow, status: int, body: bytes) -> bytes:
+        return openai_error_to_anthropic(body, status)
 
 
 class AnthropicPassthrough:
@@ -130,28 +170,3 @@ class AnthropicPassthrough:
 
     def error_body(self, flow: Flow, status: int, body: bytes) -> bytes:
         return body
-
-
-class AnthropicClientOpenAIUpstream:
-    """Anthropic messages in, OpenAI-shaped upstream (OpenAI, vLLM, Ollama, demo), Anthropic shapes back."""
-
-    rewrites_body = True
-
-    def request(self, flow: Flow, target: Target) -> httpx.Request:
-        body = _translated(flow, anthropic_to_openai_request, target.model_id)
-        return httpx.Request("POST", target.upstream.url("/chat/completions"), headers=bearer_headers(flow, target),
-                             content=body)
-
-    async def body(self, flow: Flow, response: httpx.Response) -> AsyncIterator[bytes]:
-        model = flow.served_by.model_id if flow.served_by else flow.model or ""
-        if flow.stream:
-            async for out in _translate_stream(response, OpenAIToAnthropicStream(model), flow):
-                yield out
-            return
-        completion = json.loads(await _whole(response))
-        flow.usage = completion.get("usage")
-        yield _encode(openai_to_anthropic_response(completion, model))
-
-    def error_body(self, flow: Flow, status: int, body: bytes) -> bytes:
-        return openai_error_to_anthropic(body, status)
-
