@@ -186,3 +186,39 @@ def test_filter_changing_json_is_reserialised(upstream: tuple[Upstream, str]) ->
     with run_proxy(proxy_config(base, filters=["add_temperature"]), plugins=(Plugin(),)) as proxy:
         httpx.post(proxy.url + "/v1/chat/completions", content=json.dumps({"messages": MESSAGES}))
     assert server.seen[-1].json["temperature"] == 0.25
+
+
+class WholeBody(Filter):
+    """Asks the core to buffer: it must see the whole response at once, and it counts the calls."""
+
+    buffers_response = True
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, bool]] = []
+
+    async def on_response_chunk(self, flow: Flow, chunk: bytes, end: bool) -> bytes | LocalReply:
+        self.calls.append((len(chunk), end))
+        return chunk.upper() if chunk else chunk
+
+
+def test_buffering_only_when_a_filter_asks_and_under_the_cap(upstream: tuple[Upstream, str]) -> None:
+    server, base = upstream
+    whole = WholeBody()
+
+    class Plugin:
+        @hookimpl
+        def outerloop_register_filters(self, register: Any) -> None:
+            register("whole", lambda config, context: whole)
+
+    server.chunk_delay = 0.01
+    raw = proxy_config(base, filters=["whole"], limits={"max_buffered_response_bytes": 4096})
+    with run_proxy(raw, plugins=(Plugin(),)) as proxy:
+        streamed = httpx.post(proxy.url + "/v1/chat/completions",
+                              json={"messages": MESSAGES, "stream": True})
+        server.words = ["x" * 100] * 100  # ~10 KB of stream, over the 4 KB cap
+        too_big = httpx.post(proxy.url + "/v1/chat/completions", json={"messages": MESSAGES, "stream": True})
+    # the whole stream reached the filter as one chunk, then the end-of-stream call
+    assert whole.calls[0][1] is False and whole.calls[0][0] > 500 and whole.calls[1] == (0, True)
+    # ...and what it returned is what the client got (5 word events, the finish event, [DONE])
+    assert streamed.text.count("DATA: ") == 7 and '"HELLO"' in streamed.text
+    assert too_big.status_code == 502 and too_big.json()["error"]["code"] == "core.response_too_large"
