@@ -88,7 +88,7 @@ class HttpFilter(Filter):
     async def on_request(self, flow: Flow) -> LocalReply | None:
         if not self.request_phase:
             return None
-        body = json.dumps(flow.json, ensure_ascii=False).encode() if flow.body_modified else flow.body
+        body = flow.body
         try:
             answer = await self._call(flow, "request", body, "application/json")
         except _Unavailable as exc:
