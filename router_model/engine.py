@@ -78,6 +78,7 @@ class OnnxCausalLM:
         providers: Sequence[str] | None = None,
         intra_op_threads: int | None = None,
         device_id: int = 0,
+        io_binding: bool | None = None,
     ) -> None:
         path = Path(model_dir) / "model.onnx"
         if not path.is_file():
@@ -106,6 +107,10 @@ class OnnxCausalLM:
             logger.info("router model: running on %s", self.provider)
         self.on_device = self.provider == CUDA
         self.device_id = device_id
+        #: KV as OrtValues bound in place (IO binding): always on CUDA; on the CPU only when asked, which
+        #: lets machines without a GPU exercise the device code path.
+        self.bound = self.on_device if io_binding is None else io_binding
+        self._device = "cuda" if self.on_device else "cpu"
 
         inputs = {i.name: i for i in self.session.get_inputs()}
         self._past_names = sorted(
@@ -124,9 +129,9 @@ class OnnxCausalLM:
 
     def empty_past(self, batch: int) -> PastKV:
         shape = (batch, self.kv_heads, 0, self.head_dim)
-        if self.on_device:
+        if self.bound:
             empty = tuple(
-                ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype, "cuda", self.device_id)
+                ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype, self._device, self.device_id)
                 for _ in self._past_names
             )
         else:
@@ -156,7 +161,7 @@ class OnnxCausalLM:
         }
         if self._has_position_ids:
             feeds["position_ids"] = np.ascontiguousarray(position_ids, dtype=np.int64)
-        if self.on_device:
+        if self.bound:
             logits, present = self._run_bound(feeds, past)
         else:
             feeds.update(zip(self._past_names, past.values, strict=True))
@@ -169,18 +174,18 @@ class OnnxCausalLM:
         # outputs, presents are allocated on the device, and only the (last-position) logits come back to host.
         binding = self.session.io_binding()
         for name, array in feeds.items():
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", self.device_id))
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, self._device, self.device_id))
         for name, value in zip(self._past_names, past.values, strict=True):
             binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits", "cpu")
         for name in self._present_names:
-            binding.bind_output(name, "cuda", self.device_id)
+            binding.bind_output(name, self._device, self.device_id)
         self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         return outputs[0].numpy(), tuple(outputs[1:])
 
     def repeat_past(self, past: PastKV, batch: int) -> PastKV:
         """`past` (batch 1) repeated `batch` times. CPU only: on the device, prefill a batched prefix instead."""
-        if past.batch != 1 or self.on_device:
+        if past.batch != 1 or self.bound:
             raise ValueError("repeat_past needs a batch-1 host KV cache")
         return PastKV(tuple(np.repeat(v, batch, axis=0) for v in past.values), past.length, batch)

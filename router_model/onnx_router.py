@@ -45,10 +45,12 @@ class OnnxRouter:
         max_batch: int | None = None,
         max_new_tokens: int = 32,
         intra_op_threads: int | None = None,
+        io_binding: bool | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.routes = RouteSet.of(routes)
-        self.engine = OnnxCausalLM(self.model_dir, providers=providers, intra_op_threads=intra_op_threads)
+        self.engine = OnnxCausalLM(self.model_dir, providers=providers, intra_op_threads=intra_op_threads,
+                                   io_binding=io_binding)
         self.tokenizer = RouterTokenizer.from_dir(self.model_dir)
         self.prompts = PromptBuilder(get_profile(profile), self.tokenizer, max_conversation_tokens)
         self.mode: Mode = mode
@@ -60,7 +62,7 @@ class OnnxRouter:
         self.max_new_tokens = max_new_tokens
         # A single request on the host scores every trie node in one batched forward (measured faster on a
         # CPU than best-first's sequential steps); batches and device KV use best-first search.
-        self.batched_trie = not self.engine.on_device
+        self.batched_trie = not self.engine.bound
         self.prefix_cache = PrefixCache()
         self._tries: dict[str, TokenTrie] = {}
         # One inference thread: ORT already uses every core for a single run, and one thread keeps batches whole.
@@ -85,7 +87,7 @@ class OnnxRouter:
         prefix = self.prompts.prefix(routes)
 
         def build() -> PastKV:
-            if batch > 1 and not self.engine.on_device:
+            if batch > 1 and not self.engine.bound:
                 return self.engine.repeat_past(self.prefix_kv(routes, 1), batch)
             # On the device a batched prefix is prefilled directly: cheaper than copying KV through the host.
             ids = np.tile(np.array([prefix.ids], dtype=np.int64), (batch, 1))
@@ -125,7 +127,7 @@ class OnnxRouter:
         rows = [self.remainder_ids(r, forced=True) for r in rendered]
         prefix = self.prefix_kv(routes, len(rows))
         batch = prefill(self.engine, prefix, rows, self.tokenizer.info.pad_id)
-        if self.batched_trie and len(rows) == 1 and not self.engine.on_device:
+        if self.batched_trie and len(rows) == 1:
             results = [trie_batched(self.engine, batch, self.trie(routes), self.tokenizer.info.pad_id)]
         else:
             results = trie_search(self.engine, batch, self.trie(routes), self.tokenizer.info.pad_id)
