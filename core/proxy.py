@@ -74,6 +74,13 @@ class ProxyEndpoint:
         except RequestError as exc:
             await send_body(send, exc.status, error_body(self.api, exc.status, exc.message, exc.code, exc.param),
                             raw_headers({"x-request-id": request_id, **exc.headers}))
+            if runtime.access_log or runtime.observers:
+                # Refused before a flow existed: still one access-log line and one count.
+                refused = Flow(request_id=request_id, listener=chain.listener, api=self.api, method="POST",
+                               path=scope["path"], headers={}, body=b"", json_body={}, client=scope.get("client"),
+                               started=started)
+                refused.response_status, refused.details = exc.status, exc.code
+                self._observe(refused, None)
             return
         flow = Flow(request_id=request_id, listener=chain.listener, api=self.api, method="POST",
                     path=scope["path"], headers=headers, body=raw, json_body=request_json, client=scope.get("client"),
@@ -155,13 +162,16 @@ class ProxyEndpoint:
             await chain.on_complete(flow, error)
             if span is not None:
                 observe.end_upstream_span(span, flow, error)
-            if self.runtime.access_log:
-                observe.log_access(flow, error)
-            for observer in self.runtime.observers:
-                try:
-                    observer(flow, error)
-                except Exception:
-                    log.exception("request observer %r failed", observer)
+            self._observe(flow, error)
+
+    def _observe(self, flow: Flow, error: BaseException | None) -> None:
+        if self.runtime.access_log:
+            observe.log_access(flow, error)
+        for observer in self.runtime.observers:
+            try:
+                observer(flow, error)
+            except Exception:
+                log.exception("request observer %r failed", observer)
 
     async def _dispatch(self, flow: Flow, chain: Chain,
                         span: Span | None = None) -> tuple[httpx.Response, Adapter] | LocalReply:

@@ -31,6 +31,7 @@ def test_metrics_count_requests_fallbacks_tokens_and_router(upstream: tuple[Upst
             assert httpx.post(url, json={"messages": MESSAGES}).status_code == 200
         assert httpx.post(url, json={"model": "nope", "messages": MESSAGES}).status_code == 404
         assert httpx.post(url, json={"model": "fail-429", "messages": MESSAGES}).status_code == 429
+        assert httpx.post(url, content=b"{not json").status_code == 400
         text = httpx.get(proxy.url + "/metrics").text
     samples = _samples(text)
     listener = "test"
@@ -39,9 +40,11 @@ def test_metrics_count_requests_fallbacks_tokens_and_router(upstream: tuple[Upst
                     (("details", "model_not_found"), ("listener", listener), ("status", "404")))] == 1
     assert samples[("outerloop_requests_total",
                     (("details", "upstream.http_429"), ("listener", listener), ("status", "429")))] == 1
+    assert samples[("outerloop_requests_total",
+                    (("details", "invalid_json"), ("listener", listener), ("status", "400")))] == 1
     assert samples[("outerloop_upstream_served_total", (("model", "test/test-model"),))] == 3
     assert samples[("outerloop_router_fallbacks_total", (("reason", "model_missing"),))] == 3
-    assert samples[("outerloop_request_duration_seconds_count", (("listener", listener),))] == 5
+    assert samples[("outerloop_request_duration_seconds_count", (("listener", listener),))] == 6
 
 
 def test_metrics_off_by_default(upstream: tuple[Upstream, str]) -> None:
