@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 # Providers whose API shape and address are known; any other prefix is an OpenAI-compatible server and
 # needs a base_url (vLLM, Ollama, LM Studio, TGI...).
+T = TypeVar("T")
+
 KNOWN_PROVIDERS: dict[str, tuple[str, str | None]] = {
     "openai": ("openai", "https://api.openai.com/v1"),
     "anthropic": ("anthropic", "https://api.anthropic.com/v1"),
@@ -143,6 +146,20 @@ class Config(Section):
     sections: dict[str, Any] = {}
     # Where the config came from, so late errors can name it.
     source: str = "<config>"
+    # What plugins build from this config and share between their hooks and filters (a router model,
+    # a tracer provider, metric counters): made once per loaded config, gone with it.
+    _state: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     def section(self, name: str) -> Any:
         return self.sections.get(name)
+
+    def state(self, name: str, build: Callable[[], T]) -> T:
+        """The object a plugin keeps for this config under `name`, built on first use."""
+        if name not in self._state:
+            self._state[name] = build()
+        value: T = self._state[name]
+        return value
+
+    def drop_state(self, name: str) -> Any:
+        """Forget `name` (at shutdown) and return what was kept, or None."""
+        return self._state.pop(name, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -76,24 +77,15 @@ class RequestMetrics:
 
 
 def _elapsed(flow: Flow) -> float:
-    import time
-
     return time.perf_counter() - flow.started
 
 
-# One set of counters per loaded config, shared by its observer and its endpoint.
-_METRICS: dict[int, tuple[Config, RequestMetrics]] = {}
-
-
 def _metrics_for(config: Config) -> RequestMetrics | None:
+    """One set of counters per loaded config, shared by its observer and its endpoint."""
     settings: Metrics = config.section("metrics")
     if settings is None or not settings.enabled:
         return None
-    found = _METRICS.get(id(config))
-    if found is None or found[0] is not config:
-        found = (config, RequestMetrics())
-        _METRICS[id(config)] = found
-    return found[1]
+    return config.state("metrics", RequestMetrics)
 
 
 @hookimpl
@@ -117,4 +109,4 @@ def outerloop_register_routes(register: Any, config: Config) -> None:
 
 @hookimpl
 def outerloop_shutdown(config: Config) -> None:
-    _METRICS.pop(id(config), None)
+    config.drop_state("metrics")

@@ -26,10 +26,6 @@ class Tracing(BaseModel):
     sample_ratio: float = Field(default=1.0, ge=0, le=1)
 
 
-# One provider per loaded config and process, flushed and shut down with it.
-_PROVIDERS: dict[int, tuple[Config, Any]] = {}
-
-
 @hookimpl
 def outerloop_register_config(register: Any) -> None:
     register("tracing", Tracing)
@@ -40,9 +36,11 @@ def outerloop_tracer_provider(config: Config) -> Any:
     tracing: Tracing = config.section("tracing")
     if tracing is None or not tracing.enabled:
         return None
-    found = _PROVIDERS.get(id(config))
-    if found is not None and found[0] is config:
-        return found[1]
+    return config.state("telemetry.provider", lambda: _provider(tracing))
+
+
+def _provider(tracing: Tracing) -> Any:
+    """One provider per loaded config and process, flushed and shut down with it."""
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
@@ -58,7 +56,6 @@ def outerloop_tracer_provider(config: Config) -> Any:
 
         exporter = OTLPSpanExporter(endpoint=tracing.endpoint, headers=dict(tracing.headers), timeout=5)
     provider.add_span_processor(BatchSpanProcessor(exporter))
-    _PROVIDERS[id(config)] = (config, provider)
     log.info("tracing to %s (%s), sample ratio %s", tracing.exporter,
              tracing.endpoint if tracing.exporter == "otlp" else "stdout", tracing.sample_ratio)
     return provider
@@ -66,6 +63,6 @@ def outerloop_tracer_provider(config: Config) -> Any:
 
 @hookimpl
 def outerloop_shutdown(config: Config) -> None:
-    found = _PROVIDERS.pop(id(config), None)
-    if found is not None:
-        found[1].shutdown()
+    provider = config.drop_state("telemetry.provider")
+    if provider is not None:
+        provider.shutdown()

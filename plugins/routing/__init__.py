@@ -29,9 +29,6 @@ class DecisionEndpoint:
     """`POST /routing/v1/chat/completions`: the listener's chain runs (auth, session...) and the router
     answers with its decision instead of calling a model."""
 
-    def __init__(self) -> None:
-        self._endpoints: dict[int, ProxyEndpoint] = {}
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = scope["outerloop.runtime"]
         chain = runtime.chain_for(scope).chain
@@ -40,10 +37,7 @@ class DecisionEndpoint:
                               "router.not_enabled")
             await send_body(send, 404, body)
             return
-        endpoint = self._endpoints.get(id(runtime))
-        if endpoint is None or endpoint.runtime is not runtime:
-            endpoint = self._endpoints[id(runtime)] = ProxyEndpoint(runtime, "openai")
-        await endpoint(scope, receive, send)
+        await ProxyEndpoint(runtime, "openai")(scope, receive, send)
 
 
 @hookimpl

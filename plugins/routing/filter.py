@@ -95,9 +95,6 @@ def _allowed(flow: Flow, targets: list[Target]) -> list[Target]:
     return [t for t in targets if may_use(t.model) or may_use(t.model_id)]
 
 
-_SHARED: dict[int, tuple[Any, SharedBackend]] = {}
-
-
 def build_router(settings: Any, context: FilterContext) -> RouterFilter:
     config = context.config
     routing: Routing = config.section("routing")
@@ -121,9 +118,6 @@ def build_router(settings: Any, context: FilterContext) -> RouterFilter:
     from router_model.routes import RouteSet
 
     routes = RouteSet.of([{"name": p.name, "description": p.description} for p in prefs])
-    cached = _SHARED.get(id(config))
-    if cached is None or cached[0] is not config:
-        cached = (config, SharedBackend(routing, routes))
-        _SHARED.clear()
-        _SHARED[id(config)] = cached
-    return RouterFilter(cached[1], routing, targets)
+    # One backend (one loaded model) per config, shared by every listener's router filter.
+    shared = config.state("routing.backend", lambda: SharedBackend(routing, routes))
+    return RouterFilter(shared, routing, targets)
