@@ -117,6 +117,8 @@ class SessionFilter(Filter):
             return None
         if flow.response_status is not None and flow.response_status >= 400:
             return None
+        if state["pinned"] and flow.annotations.get("session.pinned_model") == served.model:
+            return None  # the pin was read (and its idle TTL refreshed) for this very request
         try:
             await self.store.set(state["id"], served.model)
         except StoreUnavailable as exc:

@@ -323,3 +323,28 @@ def test_proxy_with_redis_down_still_serves(upstream: tuple[Upstream, str]) -> N
         answer = httpx.post(proxy.url + "/v1/chat/completions", headers={"x-session-id": "s"},
                             json={"model": "auto", "messages": [SYSTEM, ASK, CALL, RESULT]})
         assert answer.status_code == 200 and time.monotonic() - started < 2.0
+
+
+def test_honoured_pin_is_not_written_again(upstream: tuple[Upstream, str]) -> None:
+    """The continuation read the pin (refreshing its TTL); writing the same pin back would cost a store call."""
+    server, base = upstream
+    config = proxy_config(base, filters=["session"])
+    config["model_providers"].append({"model": "test/pinned-model", "base_url": base})
+    with run_proxy(config) as proxy:
+        flt = proxy.runtime.chains[0].chain.filters[0]
+        writes: list[tuple[str, str]] = []
+        original = flt.store.set
+
+        async def counting(session_id: str, model: str) -> None:
+            writes.append((session_id, model))
+            await original(session_id, model)
+
+        flt.store.set = counting
+        headers = {"x-session-id": "loop-1"}
+        httpx.post(proxy.url + "/v1/chat/completions", headers=headers,
+                   json={"model": "test/pinned-model", "messages": [SYSTEM, ASK]})
+        for _ in range(3):
+            loop = httpx.post(proxy.url + "/v1/chat/completions", headers=headers,
+                              json={"model": "auto", "messages": [SYSTEM, ASK, CALL, RESULT]})
+            assert loop.headers["x-outerloop-model"] == "test/pinned-model"
+    assert writes == [("loop-1", "test/pinned-model")]
