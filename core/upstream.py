@@ -93,7 +93,7 @@ class Upstreams:
         limits = httpx.Limits(max_connections=provider.max_connections)
         transport: httpx.AsyncBaseTransport
         if provider.api == "demo":
-            transport = DemoTransport(chunk_delay=float(provider.headers.get("x-demo-chunk-delay", "0") or 0))
+            transport = DemoTransport()
             base_url = "http://demo.outerloop.invalid/v1"
         else:
             transport = AiohttpTransport(max_connections=provider.max_connections)

@@ -179,13 +179,15 @@ def _user_blocks(content: object, field: str) -> list[dict[str, Any]]:
         if kind == "text":
             blocks += _text_part(part, "text", at)
         elif kind == "image_url":
-            url = expect_string(expect_object(part.get("image_url"), f"{at}.image_url").get("url"), f"{at}.image_url.url")
+            image = expect_object(part.get("image_url"), f"{at}.image_url")
+            url = expect_string(image.get("url"), f"{at}.image_url.url")
             blocks.append({"type": "image", "source": _anthropic_source(url, f"{at}.image_url.url")})
         elif kind == "file":
             data = expect_object(part.get("file"), f"{at}.file").get("file_data")
             if data is None:
                 raise TranslationError(f"{at}.file.file_data", "only inline file_data can be sent to Anthropic")
-            blocks.append({"type": "document", "source": _anthropic_source(expect_string(data, f"{at}.file.file_data"), at)})
+            source = _anthropic_source(expect_string(data, f"{at}.file.file_data"), at)
+            blocks.append({"type": "document", "source": source})
         else:
             raise TranslationError(f"{at}.type", f"content part {kind!r} cannot be sent to Anthropic")
     return blocks

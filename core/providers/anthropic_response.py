@@ -170,7 +170,8 @@ def openai_error_to_anthropic(body: bytes, status: int) -> bytes:
     elif isinstance(error, str):
         message = error
     message = message or data.get("message") or data.get("detail")
-    return compact_json(anthropic_error(status, _error_text(message, body, status), str(code or "upstream_error"))).encode()
+    error = anthropic_error(status, _error_text(message, body, status), str(code or "upstream_error"))
+    return compact_json(error).encode()
 
 
 def anthropic_error_to_openai(body: bytes, status: int) -> bytes:

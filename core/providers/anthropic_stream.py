@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from core.errors import anthropic_error, openai_error
-from core.sse import SSEDecoder
+from core.sse import SSEDecoder, encode_event
 from core.providers.anthropic import TranslationError, tool_id
 from core.providers.anthropic_response import (
     FINISH_REASONS,
@@ -20,10 +20,6 @@ from core.providers.anthropic_response import (
 )
 
 _DONE = b"data: [DONE]\n\n"
-
-
-def _dumps(value: object) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _payload(data: str, event: str) -> dict[str, Any]:
@@ -122,12 +118,12 @@ class AnthropicToOpenAIStream:
 
     def _frame(self, fields: dict[str, Any]) -> bytes:
         chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self.model}
-        return b"data: " + _dumps(chunk | fields) + b"\n\n"
+        return encode_event(chunk | fields)
 
     def _error(self, status: int, message: str, code: str) -> bytes:
         # The openai SDK raises APIError on a chunk whose body is {"error": ...}.
         self._done = True
-        return b"data: " + _dumps(openai_error(status, message, code)) + b"\n\n" + _DONE
+        return encode_event(openai_error(status, message, code)) + _DONE
 
 
 class OpenAIToAnthropicStream:
@@ -196,23 +192,25 @@ class OpenAIToAnthropicStream:
             # OpenAI reports usage only at the end; the final message_delta carries the real counts.
             "usage": {"input_tokens": 0, "output_tokens": 0},
         }
-        return _frame("message_start", {"type": "message_start", "message": message}) + _frame("ping", {"type": "ping"})
+        return (encode_event({"type": "message_start", "message": message}, "message_start")
+                + encode_event({"type": "ping"}, "ping"))
 
     def _open_block(self, kind: str | int, block: dict[str, Any]) -> bytes:
         out = self._close_block()
         self._open = kind
         self._blocks += 1
         start = {"type": "content_block_start", "index": self._blocks - 1, "content_block": block}
-        return out + _frame("content_block_start", start)
+        return out + encode_event(start, "content_block_start")
 
     def _close_block(self) -> bytes:
         if self._open is None:
             return b""
         self._open = None
-        return _frame("content_block_stop", {"type": "content_block_stop", "index": self._blocks - 1})
+        return encode_event({"type": "content_block_stop", "index": self._blocks - 1}, "content_block_stop")
 
     def _delta(self, delta: dict[str, Any]) -> bytes:
-        return _frame("content_block_delta", {"type": "content_block_delta", "index": self._blocks - 1, "delta": delta})
+        return encode_event({"type": "content_block_delta", "index": self._blocks - 1, "delta": delta},
+                            "content_block_delta")
 
     def _text(self, text: str) -> bytes:
         out = b"" if self._open == "text" else self._open_block("text", {"type": "text", "text": ""})
@@ -245,14 +243,10 @@ class OpenAIToAnthropicStream:
         if self.usage is not None:
             usage = anthropic_usage(self.usage)
         delta = {"stop_reason": STOP_REASONS.get(self._finish_reason or "", "end_turn"), "stop_sequence": None}
-        out += _frame("message_delta", {"type": "message_delta", "delta": delta, "usage": usage})
-        return out + _frame("message_stop", {"type": "message_stop"})
+        out += encode_event({"type": "message_delta", "delta": delta, "usage": usage}, "message_delta")
+        return out + encode_event({"type": "message_stop"}, "message_stop")
 
     def _error(self, status: int, message: str, code: str) -> bytes:
         # The anthropic SDK raises on an `error` event, wherever it comes in the stream.
         self._done = True
-        return _frame("error", anthropic_error(status, message, code))
-
-
-def _frame(event: str, payload: dict[str, Any]) -> bytes:
-    return b"event: " + event.encode() + b"\ndata: " + _dumps(payload) + b"\n\n"
+        return encode_event(anthropic_error(status, message, code), "error")

@@ -7,7 +7,6 @@ pointing the proxy at a real provider. Its answer is a short echo; it is not a l
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 
 from core.flow import content_text
+from core.sse import encode_event
 
 DEMO_MODELS = ("demo-echo",)
 
@@ -45,41 +45,31 @@ def _usage(body: dict[str, Any], answer: str) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
-
-
 class _Stream(httpx.AsyncByteStream):
-    def __init__(self, body: dict[str, Any], model: str, delay: float) -> None:
+    def __init__(self, body: dict[str, Any], model: str) -> None:
         self._body = body
         self._model = model
-        self._delay = delay
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         answer = _answer(self._body)
         base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": self._model, "system_fingerprint": "fp_outerloop_demo"}
-        yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+        yield encode_event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                           "logprobs": None, "finish_reason": None}]})
         words = answer.split(" ")
         for i, word in enumerate(words):
-            if self._delay:
-                await asyncio.sleep(self._delay)
             piece = word if i == 0 else " " + word
-            yield _sse({**base, "choices": [{"index": 0, "delta": {"content": piece}, "logprobs": None,
+            yield encode_event({**base, "choices": [{"index": 0, "delta": {"content": piece}, "logprobs": None,
                                               "finish_reason": None}]})
-        yield _sse({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]})
+        yield encode_event({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]})
         options = self._body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
-            yield _sse({**base, "choices": [], "usage": _usage(self._body, answer)})
+            yield encode_event({**base, "choices": [], "usage": _usage(self._body, answer)})
         yield b"data: [DONE]\n\n"
 
 
 class DemoTransport(httpx.AsyncBaseTransport):
-    """Serves /chat/completions and /models without a network. `chunk_delay` paces streamed words."""
-
-    def __init__(self, chunk_delay: float = 0.0) -> None:
-        self._delay = chunk_delay
+    """Serves /chat/completions and /models without a network."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -93,7 +83,7 @@ class DemoTransport(httpx.AsyncBaseTransport):
         if body.get("stream") is True:
             return httpx.Response(
                 200, headers={"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"},
-                stream=_Stream(body, model, self._delay), request=request,
+                stream=_Stream(body, model), request=request,
             )
         answer = _answer(body)
         completion = {

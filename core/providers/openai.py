@@ -22,7 +22,8 @@ def upstream_body(flow: Flow, model_id: str) -> bytes:
 
 def bearer_headers(flow: Flow, target: Target) -> list[tuple[str, str]]:
     provider = target.provider
-    headers = [("content-type", "application/json"), ("accept", "text/event-stream" if flow.stream else "application/json"),
+    accept = "text/event-stream" if flow.stream else "application/json"
+    headers = [("content-type", "application/json"), ("accept", accept),
                ("x-request-id", flow.request_id)]
     if provider.passthrough_auth:
         auth = flow.headers.get("authorization")
@@ -32,7 +33,7 @@ def bearer_headers(flow: Flow, target: Target) -> list[tuple[str, str]]:
             headers.append(("authorization", "Bearer " + flow.headers["x-api-key"]))
     elif provider.access_key is not None:
         headers.append(("authorization", "Bearer " + provider.access_key.get_secret_value()))
-    headers.extend((k, v) for k, v in provider.headers.items() if not k.startswith("x-demo-"))
+    headers.extend(provider.headers.items())
     return headers
 
 
@@ -42,7 +43,8 @@ class OpenAIAdapter:
     rewrites_body = False
 
     def request(self, flow: Flow, target: Target) -> httpx.Request:
-        return httpx.Request("POST", target.upstream.url("/chat/completions"), headers=bearer_headers(flow, target), content=upstream_body(flow, target.model_id))
+        return httpx.Request("POST", target.upstream.url("/chat/completions"), headers=bearer_headers(flow, target),
+                             content=upstream_body(flow, target.model_id))
 
     def body(self, flow: Flow, response: httpx.Response) -> AsyncIterator[bytes]:
         return response.aiter_raw()
