@@ -94,7 +94,7 @@ class Flow:
     def body(self) -> bytes:
         """The bytes to send upstream: the client's own bytes unless a filter changed the JSON."""
         if self._body is None:
-            self._body = json.dumps(self._json, ensure_ascii=False, separators=(",", ":")).encode()
+            self._body = encode_json(self._json)
         return self._body
 
     def last_user_text(self) -> str:
@@ -103,6 +103,11 @@ class Flow:
             if isinstance(message, dict) and message.get("role") == "user":
                 return content_text(message.get("content"))
         return ""
+
+
+def encode_json(value: Any) -> bytes:
+    """The wire form of every JSON body and event the proxy writes itself: compact UTF-8."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def content_text(content: Any) -> str:

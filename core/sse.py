@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
+from core.flow import encode_json
 
 # One line ending (\r\n, \r or \n) followed by an empty line: the end of an event.
 _BOUNDARY = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
@@ -94,5 +94,5 @@ def _with_data(events: list[bytes]) -> list[tuple[str, str]]:
 
 def encode_event(obj: Any, name: str | None = None) -> bytes:
     """One event as the APIs write it: `data: {json}` (OpenAI), with `event: NAME` first (Anthropic)."""
-    payload = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    payload = encode_json(obj)
     return (f"event: {name}\n".encode() if name else b"") + b"data: " + payload + b"\n\n"

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import httpx
 
 from core.errors import RequestError
-from core.flow import Flow
+from core.flow import Flow, encode_json
 from core.providers import Adapter
 from core.providers.anthropic import (
     ANTHROPIC_VERSION,
@@ -38,10 +38,6 @@ class _StreamTranslator(Protocol):
     def feed(self, data: bytes) -> bytes: ...
 
     def close(self) -> bytes: ...
-
-
-def _encode(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def anthropic_headers(flow: Flow, target: Target) -> list[tuple[str, str]]:
@@ -93,7 +89,7 @@ class _TranslatingAdapter(ABC):
 
     def request(self, flow: Flow, target: Target) -> httpx.Request:
         try:
-            body = _encode(self.translate_request(flow.json, target.model_id))
+            body = encode_json(self.translate_request(flow.json, target.model_id))
         except TranslationError as exc:
             raise RequestError(400, str(exc), "invalid_request", exc.field) from None
         return httpx.Request("POST", target.upstream.url(self.path), headers=self.headers(flow, target),
@@ -117,7 +113,7 @@ class _TranslatingAdapter(ABC):
             data += chunk
         translated, usage = self.translate_response(json.loads(data), model)
         flow.usage = usage if isinstance(usage, dict) else None
-        yield _encode(translated)
+        yield encode_json(translated)
 
 
 class OpenAIClientAnthropicUpstream(_TranslatingAdapter):

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from core.flow import content_text
+from core.flow import content_text, encode_json
 from core.sse import encode_event
 
 DEMO_MODELS = ("demo-echo",)
@@ -103,6 +103,6 @@ def _error(request: httpx.Request, status: int, message: str, code: str) -> http
 
 def _json(request: httpx.Request, status: int, body: dict[str, Any]) -> httpx.Response:
     # A stream, not `json=`: the proxy reads every upstream body with aiter_raw, like a network response.
-    data = json.dumps(body, separators=(",", ":")).encode()
+    data = encode_json(body)
     headers = {"content-type": "application/json", "content-length": str(len(data))}
     return httpx.Response(status, headers=headers, stream=httpx.ByteStream(data), request=request)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
 import httpx
 
-from core.flow import Flow
+from core.flow import Flow, encode_json
 from core.upstream import Target
 
 
@@ -17,7 +16,7 @@ def upstream_body(flow: Flow, model_id: str) -> bytes:
         return flow.body
     body = dict(flow.json)
     body["model"] = model_id
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return encode_json(body)
 
 
 def bearer_headers(flow: Flow, target: Target) -> list[tuple[str, str]]:
