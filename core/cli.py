@@ -29,11 +29,11 @@ def configure_logging(level: str = "info") -> None:
 def _serve(args: argparse.Namespace) -> int:
     from core.server import serve
 
-    return serve(args.config, workers=args.workers)
+    return serve(args.config, workers=args.workers, registry=args.registry)
 
 
 def _validate(args: argparse.Namespace) -> int:
-    config = load_config(args.file, build_registry())
+    config = load_config(args.file, args.registry)
     filters = sum(len(listener.filters) for listener in config.listeners)
     print(f"{args.file}: ok ({len(config.listeners)} listener(s), {filters} filter(s), "
           f"{len(config.model_providers)} model(s))")
@@ -41,12 +41,12 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    print(json.dumps(config_schema(build_registry()), indent=2))
+    print(json.dumps(config_schema(args.registry), indent=2))
     return 0
 
 
 def _plugins(args: argparse.Namespace) -> int:
-    registry = build_registry()
+    registry: Registry = args.registry
     rows = [(e.name, e.package, e.plugin, "terminal" if e.terminal else "") for e in registry.filters.values()]
     widths = [max(len(r[i]) for r in [("filter", "package", "plugin", ""), *rows]) for i in range(3)]
     print(f"{'filter':<{widths[0]}}  {'package':<{widths[1]}}  {'plugin':<{widths[2]}}")
@@ -104,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         registry = build_registry()
         args = build_parser(registry).parse_args(argv)
+        # Commands use the plugins loaded here rather than loading them again.
+        args.registry = registry
         return int(args.func(args))
     except ConfigError as exc:
         for problem in exc.problems:

@@ -16,6 +16,7 @@ from hypercorn.config import Sockets
 from hypercorn.utils import wrap_app
 
 from core.config import Config, Listener
+from core.plugins import Registry, build_registry
 
 log = logging.getLogger("outerloop.server")
 
@@ -69,13 +70,11 @@ def _signal_trigger() -> tuple[asyncio.Event, Callable[[], Awaitable[Any]]]:
     return event, event.wait
 
 
-def serve(config_path: str, workers: int | None = None) -> int:
+def serve(config_path: str, workers: int | None = None, registry: Registry | None = None) -> int:
     """Run the proxy in the foreground: in-process for one worker, else N spawned workers sharing sockets."""
     from core.app import build_app
     from core.config_loader import load_config
-    from core.plugins import build_registry
-
-    registry = build_registry()
+    registry = registry or build_registry()
     config = load_config(config_path, registry)
     count = workers or config.server.workers
     for listener in config.listeners:
@@ -123,8 +122,6 @@ def _worker(config_path: str, sockets: list[Sockets], stop: ProcessEvent) -> Non
     from core.app import build_app
     from core.cli import configure_logging
     from core.config_loader import load_config
-    from core.plugins import build_registry
-
     # The parent handles signals and tells workers through `stop`; a worker ignores SIGINT from the tty.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     registry = build_registry()

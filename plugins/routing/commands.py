@@ -32,14 +32,13 @@ def add_commands(subparsers: Any) -> None:
     evaluate.set_defaults(func=_eval)
 
 
-def _backend(config_path: str) -> Any:
+def _backend(config_path: str, registry: Any) -> Any:
     from core.config_loader import load_config
-    from core.plugins import build_registry
     from plugins.routing.backends import build_backend
     from plugins.routing.config import preferences
     from router_model.routes import RouteSet
 
-    config = load_config(config_path, build_registry())
+    config = load_config(config_path, registry)
     prefs = preferences(config)
     if not prefs:
         raise SystemExit(f"{config_path}: routing_preferences: no routes configured")
@@ -50,7 +49,7 @@ def _backend(config_path: str) -> Any:
 def _route(args: argparse.Namespace) -> int:
     text = args.text.strip()
     messages = json.loads(text) if text.startswith("[") else [{"role": "user", "content": args.text}]
-    backend, _ = _backend(args.config)
+    backend, _ = _backend(args.config, args.registry)
 
     async def run() -> Any:
         try:
@@ -89,7 +88,7 @@ def _export(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from router_model.evaluate import evaluate, load_examples, render_report
 
-    backend, routes = _backend(args.config)
+    backend, routes = _backend(args.config, args.registry)
 
     async def run() -> Any:
         try:
