@@ -61,7 +61,8 @@ class ProxyEndpoint:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = headers.get("x-request-id") or uuid.uuid4().hex
         try:
-            raw = await _read_body(scope, receive, runtime.config.limits.max_request_body_bytes)
+            raw = await _read_body(receive, runtime.config.limits.max_request_body_bytes,
+                                   headers.get("content-length"))
             try:
                 parsed = json.loads(raw)
             except (ValueError, UnicodeDecodeError) as exc:
@@ -318,15 +319,12 @@ async def _buffered(body: AsyncIterator[bytes], cap: int) -> AsyncIterator[bytes
     yield bytes(data)
 
 
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    for key, value in scope["headers"]:
-        if key == b"content-length":
-            if not value.isdigit():
-                raise RequestError(400, "content-length is not a number", "invalid_content_length")
-            if int(value) > limit:
-                raise RequestError(413, f"request body is larger than the limit of {limit} bytes",
-                                   "request_too_large")
-            break
+async def _read_body(receive: Receive, limit: int, length: str | None) -> bytes:
+    if length is not None:
+        if not length.isdigit():
+            raise RequestError(400, "content-length is not a number", "invalid_content_length")
+        if int(length) > limit:
+            raise RequestError(413, f"request body is larger than the limit of {limit} bytes", "request_too_large")
     chunks: list[bytes] = []
     size = 0
     while True:
