@@ -131,7 +131,8 @@ def trie_batched(engine: OnnxCausalLM, batch: Batch, trie: TokenTrie, pad_id: in
     answer, as it is for a trained router whose distributions are peaked on its answer. Otherwise a second
     forward expands every remaining inner node and all candidates are scored in full. Decode steps on a CPU
     are bound by reading the weights (with a 152k vocabulary, mostly the LM head), so a forward of a dozen rows
-    costs far less than a dozen sequential ones. Host KV only (`repeat_past`).
+    costs far less than a dozen sequential ones; on a GPU, where a forward of a dozen rows costs what one does,
+    it saves the sequential passes outright.
     """
     if batch.logits.shape[0] != 1:
         raise ValueError("trie_batched decides one request; use trie_search for batches")

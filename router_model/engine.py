@@ -25,6 +25,28 @@ CPU = "CPUExecutionProvider"
 DEFAULT_PROVIDERS = (CUDA, CPU)
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_ONNX_ELEM_TYPES = {np.dtype(np.float32): 1, np.dtype(np.float16): 10}  # onnx.TensorProto.FLOAT, FLOAT16
+
+
+def tile_graph(count: int, dtype: np.dtype[Any]) -> bytes:
+    """An ONNX graph that repeats `count` KV tensors [1, heads, length, dim] along the batch axis.
+
+    Run on the model's provider with IO binding, it copies a cached prefix into a batch without leaving the
+    device: a batched prefill would recompute the prefix, a host copy would cross PCIe twice.
+    """
+    from onnx import TensorProto, helper
+
+    elem = _ONNX_ELEM_TYPES[np.dtype(dtype)]
+    inputs = [helper.make_tensor_value_info(f"kv_{i}", elem, [1, "heads", "length", "dim"]) for i in range(count)]
+    inputs.append(helper.make_tensor_value_info("repeats", TensorProto.INT64, [4]))
+    outputs = [
+        helper.make_tensor_value_info(f"tiled_{i}", elem, ["batch", "heads", "length", "dim"]) for i in range(count)
+    ]
+    nodes = [helper.make_node("Tile", [f"kv_{i}", "repeats"], [f"tiled_{i}"]) for i in range(count)]
+    graph = helper.make_graph(nodes, "router_kv_tile", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    data: bytes = model.SerializeToString()
+    return data
 
 
 def cuda_loadable() -> bool:
@@ -89,7 +111,7 @@ class OnnxCausalLM:
         options.log_severity_level = 3
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
-        provider_options = [{"device_id": str(device_id)} if p == CUDA else {} for p in resolved]
+        provider_options: list[dict[str, str]] = [{"device_id": str(device_id)} if p == CUDA else {} for p in resolved]
         # Keep ORT's default logger quiet while CUDA is tried; a failed load is reported in one line below.
         ort.set_default_logger_severity(4)
         try:
@@ -111,6 +133,8 @@ class OnnxCausalLM:
         #: lets machines without a GPU exercise the device code path.
         self.bound = self.on_device if io_binding is None else io_binding
         self._device = "cuda" if self.on_device else "cpu"
+        self._options, self._provider_options = options, provider_options
+        self._tiler: ort.InferenceSession | None = None
 
         inputs = {i.name: i for i in self.session.get_inputs()}
         self._past_names = sorted(
@@ -185,7 +209,25 @@ class OnnxCausalLM:
         return outputs[0].numpy(), tuple(outputs[1:])
 
     def repeat_past(self, past: PastKV, batch: int) -> PastKV:
-        """`past` (batch 1) repeated `batch` times. CPU only: on the device, prefill a batched prefix instead."""
-        if past.batch != 1 or self.bound:
-            raise ValueError("repeat_past needs a batch-1 host KV cache")
-        return PastKV(tuple(np.repeat(v, batch, axis=0) for v in past.values), past.length, batch)
+        """`past` (batch 1) repeated `batch` times, where it lives: numpy on the host, a Tile run on the device."""
+        if past.batch != 1:
+            raise ValueError(f"repeat_past needs a batch-1 KV cache, got batch {past.batch}")
+        if not self.bound:
+            return PastKV(tuple(np.repeat(v, batch, axis=0) for v in past.values), past.length, batch)
+        tiler = self._tile_session()
+        binding = tiler.io_binding()
+        for i, value in enumerate(past.values):
+            binding.bind_ortvalue_input(f"kv_{i}", value)
+        binding.bind_cpu_input("repeats", np.array([batch, 1, 1, 1], dtype=np.int64))
+        for i in range(len(past.values)):
+            binding.bind_output(f"tiled_{i}", self._device, self.device_id)
+        tiler.run_with_iobinding(binding)
+        return PastKV(tuple(binding.get_outputs()), past.length, batch)
+
+    def _tile_session(self) -> ort.InferenceSession:
+        if self._tiler is None:
+            graph = tile_graph(len(self._past_names), np.dtype(self.kv_dtype))
+            providers = self.session.get_providers()
+            options = [self._provider_options[0] if p == CUDA else {} for p in providers]
+            self._tiler = ort.InferenceSession(graph, self._options, providers=providers, provider_options=options)
+        return self._tiler

@@ -60,9 +60,10 @@ class OnnxRouter:
         # there too under load, and a lone request still runs alone.
         self.max_batch = max_batch if max_batch is not None else (32 if self.engine.on_device else 8)
         self.max_new_tokens = max_new_tokens
-        # A single request on the host scores every trie node in one batched forward (measured faster on a
-        # CPU than best-first's sequential steps); batches and device KV use best-first search.
-        self.batched_trie = not self.engine.bound
+        # A single request scores its trie nodes in one or two batched forwards (measured faster on a CPU than
+        # best-first's sequential steps; on a GPU each sequential forward costs a full pass of kernel launches);
+        # batches of requests use best-first search in lockstep.
+        self.batched_trie = True
         self.prefix_cache = PrefixCache()
         self._tries: dict[str, TokenTrie] = {}
         # One inference thread: ORT already uses every core for a single run, and one thread keeps batches whole.
@@ -87,11 +88,9 @@ class OnnxRouter:
         prefix = self.prompts.prefix(routes)
 
         def build() -> PastKV:
-            if batch > 1 and not self.engine.bound:
+            if batch > 1:  # a copy of the batch-1 prefix, made where the KV lives (host or device)
                 return self.engine.repeat_past(self.prefix_kv(routes, 1), batch)
-            # On the device a batched prefix is prefilled directly: cheaper than copying KV through the host.
-            ids = np.tile(np.array([prefix.ids], dtype=np.int64), (batch, 1))
-            return self.engine.forward(ids)[1]
+            return self.engine.forward(np.array([prefix.ids], dtype=np.int64))[1]
 
         return self.prefix_cache.get(routes.key, batch, build)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from router_model.engine import OnnxCausalLM
 from router_model.onnx_router import OnnxRouter
@@ -37,10 +38,37 @@ def test_bound_forward_matches_host_forward(tiny_onnx_dir: Path) -> None:
         assert after.length == bound_past.length + 1
 
 
-def test_bound_router_decides_like_the_host_router(tiny_onnx_dir: Path, routes: RouteSet) -> None:
+def test_bound_repeat_past_tiles_on_the_device_like_the_host(tiny_onnx_dir: Path) -> None:
+    host = OnnxCausalLM(tiny_onnx_dir, providers=CPU)
+    bound = OnnxCausalLM(tiny_onnx_dir, providers=CPU, io_binding=True)
+    ids = np.array([[5, 17, 33, 8, 91, 4]], dtype=np.int64)
+    host_past, bound_past = host.forward(ids)[1], bound.forward(ids)[1]
+    tiled = bound.repeat_past(bound_past, 3)
+    assert (tiled.batch, tiled.length) == (3, 6)
+    assert not isinstance(tiled.values[0], np.ndarray)  # an OrtValue made by the Tile run, never a host copy
+    for got, want in zip(tiled.values, host.repeat_past(host_past, 3).values, strict=True):
+        assert got.shape() == [3, *want.shape[1:]]
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-6)
+    # rows of the tiled cache continue independently, each like the batch-1 cache
+    steps = np.array([[12], [40], [12]], dtype=np.int64)
+    logits, _ = bound.forward(steps, tiled)
+    for row, tok in enumerate((12, 40, 12)):
+        want_row, _ = host.forward(np.array([[tok]], dtype=np.int64), host_past)
+        np.testing.assert_allclose(logits[row], want_row[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="batch-1"):
+        bound.repeat_past(tiled, 2)
+
+
+@pytest.mark.parametrize("batched_trie", [True, False], ids=["batched", "best-first"])
+def test_bound_router_decides_like_the_host_router(tiny_onnx_dir: Path, routes: RouteSet, batched_trie: bool) -> None:
     host = OnnxRouter(tiny_onnx_dir, routes, providers=CPU)
     bound = OnnxRouter(tiny_onnx_dir, routes, providers=CPU, io_binding=True)
-    expected = [host.decide_sync(c).route for c in CONVERSATIONS]
-    assert [bound.decide_sync(c).route for c in CONVERSATIONS] == expected
-    # batched decisions take the device path too: a batched prefix prefilled directly, best-first search
-    assert [d.route for d in bound.decide_batch_sync(CONVERSATIONS)] == expected
+    bound.batched_trie = batched_trie
+    want = [host.decide_sync(c) for c in CONVERSATIONS]
+    got = [bound.decide_sync(c) for c in CONVERSATIONS]
+    assert [d.route for d in got] == [d.route for d in want]
+    for g, w in zip(got, want, strict=True):
+        assert g.scores.keys() == w.scores.keys()
+        assert abs(next(iter(g.scores.values())) - next(iter(w.scores.values()))) < 1e-4
+    # batched decisions take the device path too: the prefix tiled on the device, best-first in lockstep
+    assert [d.route for d in bound.decide_batch_sync(CONVERSATIONS)] == [d.route for d in want]
