@@ -53,12 +53,11 @@ def machine(provider: str) -> str:
 PEAKED_LOGIT_SCALE = {"mid": 4.0, "arch-router": 20.0}
 
 
-def build_model(device: str, flat: bool) -> Path:
+def build_model(device: str, flat: bool, size: str, dtype: str) -> Path:
     """Builds and exports the random benchmark model once; reruns reuse bench/out/models."""
     from router_model import tiny
     from router_model.export import export
 
-    size, dtype = ("arch-router", "fp16") if device == "cuda" else ("mid", "fp32")
     shape = "flat" if flat else "peaked"
     onnx_dir = OUT / "models" / f"{size}-{shape}-{dtype}-onnx"
     if (onnx_dir / "model.onnx").is_file():
@@ -161,9 +160,20 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="an exported router model dir instead of a random one")
     parser.add_argument("--flat", action="store_true", help="plain random init (flat next-token distributions)")
     parser.add_argument("--iterations", type=int)
+    parser.add_argument(
+        "--size", choices=["mid", "arch-router"], help="random model shape (default: arch-router on cuda, mid on cpu)"
+    )
+    parser.add_argument("--dtype", choices=["fp32", "fp16"], help="export dtype (default: fp16 on cuda, fp32 on cpu)")
+    parser.add_argument(
+        "--concurrency", type=int, help="also measure decisions/s at this concurrency (default: 32 on cuda)"
+    )
     args = parser.parse_args()
+    cuda = args.device == "cuda"
+    size = args.size or ("arch-router" if cuda else "mid")
+    dtype = args.dtype or ("fp16" if cuda else "fp32")
+    concurrency = args.concurrency or (32 if cuda else 0)
 
-    model_dir = args.model or build_model(args.device, args.flat)
+    model_dir = args.model or build_model(args.device, args.flat, size, dtype)
     routes = RouteSet.of(yaml.safe_load((DATA / "routes.yaml").read_text())["routes"])
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if args.device == "cuda" else ["CPUExecutionProvider"]
     router = OnnxRouter(model_dir, routes, providers=providers)
@@ -171,7 +181,7 @@ def main() -> None:
     # generation is capped at the longest real answer to cost exactly what a trained model's answer costs.
     forced = router.tokenizer.encode(router.prompts.profile.answer_prefix)
     router.max_new_tokens = len(forced) + max(len(c) for c in router.prompts.candidates(routes).values())
-    convs = conversations(multi_turn_only=args.device == "cuda")
+    convs = conversations(multi_turn_only=size == "arch-router")
     n = args.iterations or (20 if args.quick else 60)
 
     rows = [
@@ -191,7 +201,6 @@ def main() -> None:
     elif args.flat:
         weights = "random weights, plain init (spread-out next-token distributions)"
     else:
-        size = "arch-router" if args.device == "cuda" else "mid"
         weights = (
             f"random weights with logits scaled x{PEAKED_LOGIT_SCALE[size]:g} so next-token distributions are "
             "peaked like a trained router's (--flat: plain init)"
@@ -229,10 +238,11 @@ def main() -> None:
             f"({fast['prefilled']:.0f} of {rows[0][1]['prefilled']:.0f} prompt tokens, {tail:.1f} ms at p50 here), "
             f"so on this compute-bound CPU no exact method beats {base / tail:.1f}x"
         )
-    if args.device == "cuda":
-        router.max_batch = 32
-        rate = asyncio.run(concurrent(router, convs, 10 * 32 if args.quick else 50 * 32, 32))
-        print(f"decisions/s at concurrency 32 (trie, batched): {rate:.0f}")
+    if concurrency:
+        router.max_batch = max(router.max_batch, concurrency)
+        total = concurrency * (2 if args.iterations else 10 if args.quick else 50)
+        rate = asyncio.run(concurrent(router, convs, total, concurrency))
+        print(f"decisions/s at concurrency {concurrency} (trie, batched, max batch {router.max_batch}): {rate:.1f}")
 
 
 if __name__ == "__main__":
