@@ -59,7 +59,7 @@ def build_model(device: str, flat: bool, size: str, dtype: str) -> Path:
     from router_model.export import export
 
     shape = "flat" if flat else "peaked"
-    onnx_dir = OUT / "models" / f"{size}-{shape}-{dtype}-onnx"
+    onnx_dir = OUT / "models" / f"{size}-{shape}-{dtype}-tree-onnx"
     if (onnx_dir / "model.onnx").is_file():
         return onnx_dir
     hf_dir = OUT / "models" / f"{size}-{shape}-hf"
@@ -68,11 +68,12 @@ def build_model(device: str, flat: bool, size: str, dtype: str) -> Path:
     init_std = 0.02 if size == "arch-router" else 0.2
     tiny.build(hf_dir, size, seed=0, dtype="fp32", logit_scale=scale, init_std=init_std)
     print(f"exporting {size} ({shape}, {dtype}, {device}) to {onnx_dir} ...", file=sys.stderr)
-    # Every mode runs on the same graph with last-position logits only, as vLLM-style servers compute them.
+    # Every mode runs on the same graph (the router export); free generation asks for last-position logits
+    # only, as vLLM-style servers compute them.
     # The parity tolerance is absolute, so it scales with the logits.
     tolerance = (1e-3 if dtype == "fp32" else 5e-2) * scale
     try:
-        export(hf_dir, onnx_dir, dtype=dtype, device=device, last_logits_only=True, tolerance=tolerance)
+        export(hf_dir, onnx_dir, dtype=dtype, device=device, router=True, tolerance=tolerance)
     except BaseException:
         shutil.rmtree(onnx_dir, ignore_errors=True)  # never leave a half-checked export to be reused
         raise
@@ -188,13 +189,14 @@ def main() -> None:
         ("(a) free generation, no cache (Plano)", run_mode(router, "free", convs, n)),
         ("(b) prefix KV cache + free generation", run_mode(router, "prefix", convs, n)),
     ]
-    if router.batched_trie:
-        rows.append(("(c) prefix KV cache + trie (batched)", run_mode(router, "trie", convs, n)))
-        router.batched_trie = False
-        rows.append(("    trie, best-first one node a step", run_mode(router, "trie", convs, n)))
-        router.batched_trie = True
-    else:
-        rows.append(("(c) prefix KV cache + trie (best-first)", run_mode(router, "trie", convs, n)))
+    tree = router.tree_scoring
+    if tree:
+        rows.append(("(c) prefix KV cache + tree, one forward", run_mode(router, "trie", convs, n)))
+        router.tree_scoring = False
+    rows.append((f"{'    ' if tree else '(c) prefix KV cache + '}trie, batched", run_mode(router, "trie", convs, n)))
+    router.batched_trie = False
+    rows.append(("    trie, best-first one node a step", run_mode(router, "trie", convs, n)))
+    router.batched_trie, router.tree_scoring = True, tree
 
     if args.model:
         weights = "given model"
@@ -225,7 +227,7 @@ def main() -> None:
     fast = rows[2][1]
     speedup = base / fast["p50"]
     print(f"fast path vs free generation at p50: {speedup:.1f}x (target 5x)")
-    if router.batched_trie and not args.model:
+    if not tree and not args.model:
         settled = settled_p50(router, convs, n)
         print(
             f"with a trained router the batched trie settles after its first forward (these random weights did not): "
@@ -242,7 +244,8 @@ def main() -> None:
         router.max_batch = max(router.max_batch, concurrency)
         total = concurrency * (2 if args.iterations else 10 if args.quick else 50)
         rate = asyncio.run(concurrent(router, convs, total, concurrency))
-        print(f"decisions/s at concurrency {concurrency} (trie, batched, max batch {router.max_batch}): {rate:.1f}")
+        how = "tree, one forward a batch" if tree else "best-first trie in lockstep"
+        print(f"decisions/s at concurrency {concurrency} ({how}, max batch {router.max_batch}): {rate:.1f}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ import onnxruntime as ort
 
 from router_model.backend import RouterModelMissing
 
+TREE_MASK = "tree_mask"  # the graph inputs export.router_graph adds (export imports onnx lazily; so do we)
+LOGIT_POSITIONS = "logit_positions"
+
 logger = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
@@ -77,6 +80,14 @@ def resolve_providers(preference: Sequence[str] | None) -> list[str]:
     if CPU not in out:
         out.append(CPU)
     return out
+
+
+def causal_mask(attention_mask: np.ndarray, past_length: int, seq: int) -> np.ndarray:
+    """The 4D mask [batch, 1, seq, past + seq] a decoder builds from a 2D padding mask: real and not ahead."""
+    total = past_length + seq
+    ahead = np.arange(total)[None, :] <= (past_length + np.arange(seq))[:, None]  # [seq, total]
+    mask: np.ndarray = attention_mask.astype(np.bool_)[:, None, None, :] & ahead[None, None]
+    return mask
 
 
 @dataclass(frozen=True)
@@ -143,6 +154,10 @@ class OnnxCausalLM:
         )
         self._present_names = [n.replace("past_key_values.", "present.") for n in self._past_names]
         self._has_position_ids = "position_ids" in inputs
+        self._has_attention_mask = "attention_mask" in inputs
+        #: Exported by `outerloop router export` (export.router_graph): a 4D mask input and logits at chosen
+        #: positions, which lets one forward score a whole trie. Plain optimum exports run without it.
+        self.tree = TREE_MASK in inputs and LOGIT_POSITIONS in inputs
         first = inputs[self._past_names[0]]
         self.num_layers = len(self._past_names) // 2
         self.kv_heads = int(first.shape[1])
@@ -168,30 +183,45 @@ class OnnxCausalLM:
         past: PastKV | None = None,
         attention_mask: np.ndarray | None = None,
         position_ids: np.ndarray | None = None,
+        tree_mask: np.ndarray | None = None,
+        logit_positions: Sequence[int] | None = None,
     ) -> tuple[np.ndarray, PastKV]:
-        """Runs input_ids [batch, seq] after `past`; returns last-position logits [batch, vocab] (float32)."""
+        """Runs input_ids [batch, seq] after `past`; returns last-position logits [batch, vocab] (float32).
+
+        `attention_mask` [batch, past + seq] marks real tokens, made causal as usual. A tree-capable graph
+        (`self.tree`) also takes `tree_mask` [batch, 1, seq, past + seq] (which positions each new token sees,
+        replacing the causal mask) and `logit_positions`, which then returns logits [batch, n, vocab].
+        """
         batch, seq = input_ids.shape
         past = past or self.empty_past(batch)
         if past.batch != batch:
             raise ValueError(f"past has batch {past.batch}, input has batch {batch}")
+        if (tree_mask is not None or logit_positions is not None) and not self.tree:
+            raise ValueError("this model has no tree mask input: export it with `outerloop router export`")
         total = past.length + seq
         if attention_mask is None:
             attention_mask = np.ones((batch, total), dtype=np.int64)
         if position_ids is None:
             position_ids = np.broadcast_to(np.arange(past.length, total, dtype=np.int64), (batch, seq))
-        feeds: dict[str, Any] = {
-            "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
-            "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
-        }
+        feeds: dict[str, Any] = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64)}
+        if self._has_attention_mask:
+            feeds["attention_mask"] = np.ascontiguousarray(attention_mask, dtype=np.int64)
         if self._has_position_ids:
             feeds["position_ids"] = np.ascontiguousarray(position_ids, dtype=np.int64)
+        if self.tree:
+            if tree_mask is None:
+                tree_mask = causal_mask(attention_mask, past.length, seq)
+            feeds[TREE_MASK] = np.ascontiguousarray(tree_mask, dtype=np.bool_)
+            positions = [seq - 1] if logit_positions is None else list(logit_positions)
+            feeds[LOGIT_POSITIONS] = np.array(positions, dtype=np.int64)
         if self.bound:
             logits, present = self._run_bound(feeds, past)
         else:
             feeds.update(zip(self._past_names, past.values, strict=True))
             outputs = self.session.run(["logits", *self._present_names], feeds)
             logits, present = outputs[0], tuple(outputs[1:])
-        return np.asarray(logits[:, -1, :], dtype=np.float32), PastKV(present, total, batch)
+        out = logits if logit_positions is not None else logits[:, -1, :]
+        return np.asarray(out, dtype=np.float32), PastKV(present, total, batch)
 
     def _run_bound(self, feeds: dict[str, np.ndarray], past: PastKV) -> tuple[np.ndarray, tuple[Any, ...]]:
         # IO binding keeps the KV cache on the GPU between steps: past tensors are the previous step's device

@@ -8,8 +8,11 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from router_model.engine import LOGIT_POSITIONS, TREE_MASK
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +60,14 @@ def export(
     out: str | Path,
     dtype: str = "fp32",
     device: str = "cpu",
-    last_logits_only: bool = True,
+    router: bool = True,
     check: bool = True,
     tolerance: float | None = None,
 ) -> Path:
     """Exports `model` (a Hugging Face id or a local directory) to `out/model.onnx` plus tokenizer files.
 
-    `last_logits_only` slices the hidden states before the LM head so the graph returns logits for the last
-    position only: a router never needs the others, and with a 152k vocabulary they dominate prefill cost.
+    `router` rewrites the graph for the router engine (see `router_graph`): logits only at the positions asked
+    for, and the attention mask as a 4D input so one forward scores the whole trie of route names.
     """
     if dtype not in ("fp32", "fp16"):
         raise ValueError(f"dtype must be fp32 or fp16, not {dtype!r}")
@@ -93,50 +96,95 @@ def export(
         for name in TOKENIZER_FILES:
             if (src / name).is_file() and not (out / name).is_file():
                 shutil.copy2(src / name, out / name)
-    if last_logits_only:
-        prune_logits(out / "model.onnx")
+    if router:
+        router_graph(out / "model.onnx")
     if check:
         report = check_parity(model, out, dtype=dtype, device=device, tolerance=tolerance)
         logger.info("router export parity ok: max |diff| %.2e <= %.1e", report.max_abs_diff, report.tolerance)
     return out
 
 
-def prune_logits(path: Path) -> None:
-    """Rewrites the graph so `logits` is computed for the last position only ([batch, 1, vocab])."""
+def router_graph(path: Path) -> None:
+    """Rewrites an optimum causal-LM graph for the router: logits at chosen positions only, and a tree mask.
+
+    Adds two inputs. `tree_mask` [batch, 1, seq, past + seq] (bool, True = may attend) replaces the
+    causal-and-padding mask the graph derives from `attention_mask`, so one forward can score the conversation
+    and the whole trie of route names (each node sees only its ancestors: tree attention). The LM head runs on
+    `logit_positions` [n] only: a router needs one to a few dozen positions, and with a 152k vocabulary the
+    head would dominate prefill otherwise. Idempotent.
+    """
     import onnx
     from onnx import helper
 
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
+    if any(i.name == LOGIT_POSITIONS for i in graph.input):
+        return
     producer = next((n for n in graph.node if "logits" in n.output), None)
     if producer is None:
         raise ExportError(f"{path}: no node produces 'logits'")
-    if any(n.name == "router_last_position" for n in graph.node):
-        return
+    mask = _shared_attention_mask(graph)
+    if mask is None:
+        raise ExportError(f"{path}: cannot find the attention mask the layers share; not an optimum decoder export?")
+
     hidden = producer.input[0]
-    sliced = hidden + "_last_position"
-    consts = [
-        helper.make_tensor(name, onnx.TensorProto.INT64, [1], [value])
-        for name, value in (("router_slice_start", -1), ("router_slice_end", 2**62), ("router_slice_axis", 1))
-    ]
-    graph.initializer.extend(consts)
-    node = helper.make_node(
-        "Slice",
-        [hidden, "router_slice_start", "router_slice_end", "router_slice_axis"],
-        [sliced],
-        name="router_last_position",
+    picked = hidden + "_at_logit_positions"
+    producer.input[0] = picked
+    graph.node.insert(
+        list(graph.node).index(producer),
+        helper.make_node("Gather", [hidden, LOGIT_POSITIONS], [picked], name="router_logit_positions", axis=1),
     )
-    producer.input[0] = sliced
-    index = list(graph.node).index(producer)
-    graph.node.insert(index, node)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == mask:
+                node.input[i] = TREE_MASK
+    dims: list[str | int | None] = ["batch_size", 1, "sequence_length", "past_sequence_length + sequence_length"]
+    graph.input.append(helper.make_tensor_value_info(TREE_MASK, onnx.TensorProto.BOOL, dims))
+    graph.input.append(helper.make_tensor_value_info(LOGIT_POSITIONS, onnx.TensorProto.INT64, ["logit_positions"]))
     for output in graph.output:
         if output.name == "logits":
-            dims = output.type.tensor_type.shape.dim
-            if len(dims) == 3:
-                dims[1].ClearField("dim_param")
-                dims[1].dim_value = 1
+            dims_out = output.type.tensor_type.shape.dim
+            if len(dims_out) == 3:
+                dims_out[1].Clear()
+                dims_out[1].dim_param = "logit_positions"
+    _drop_dead_nodes(graph)
     # Loaded without external data, so models past 2 GB keep pointing at their weight files untouched.
     onnx.save_model(model, str(path))
+
+
+def _shared_attention_mask(graph: Any) -> str | None:
+    """The tensor derived from `attention_mask` outside the layers that every layer's attention reads."""
+    derived = {"attention_mask"}
+    for node in graph.node:  # ONNX graphs are topologically sorted
+        if any(i in derived for i in node.input):
+            derived.update(node.output)
+    in_layer = {o for n in graph.node if "/layers." in n.name for o in n.output}
+    candidates: dict[str, set[str]] = {}
+    for node in graph.node:
+        if "/layers." not in node.name:
+            continue
+        layer = node.name.split("/layers.", 1)[1].split("/", 1)[0]
+        for name in node.input:
+            if name in derived and name not in in_layer:
+                candidates.setdefault(name, set()).add(layer)
+    layers = {n.name.split("/layers.", 1)[1].split("/", 1)[0] for n in graph.node if "/layers." in n.name}
+    shared = [name for name, seen in candidates.items() if seen == layers]
+    return shared[0] if len(shared) == 1 else None
+
+
+def _drop_dead_nodes(graph: Any) -> None:
+    """Removes nodes no graph output depends on, and graph inputs nothing reads any more."""
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(list(graph.node)):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    del graph.node[:]
+    graph.node.extend(reversed(keep))
+    unused = [i for i in graph.input if i.name not in needed]
+    for value in unused:
+        graph.input.remove(value)
 
 
 def check_parity(

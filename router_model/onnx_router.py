@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from router_model.backend import Decision, Message, RouterError
-from router_model.decoder import generate, prefill, score_full, trie_batched, trie_search
+from router_model.decoder import generate, prefill, score_full, tree_score, trie_batched, trie_search
 from router_model.engine import OnnxCausalLM, PastKV
 from router_model.kv_cache import PrefixCache
 from router_model.prompts import PromptBuilder, RenderedPrompt, get_profile
@@ -64,6 +64,9 @@ class OnnxRouter:
         # best-first's sequential steps; on a GPU each sequential forward costs a full pass of kernel launches);
         # batches of requests use best-first search in lockstep.
         self.batched_trie = True
+        # Models exported by `outerloop router export` score every candidate of every request in one forward
+        # (decoder.tree_score), whatever the weights; the trie searches serve plain optimum exports.
+        self.tree_scoring = self.engine.tree
         self.prefix_cache = PrefixCache()
         self._tries: dict[str, TokenTrie] = {}
         # One inference thread: ORT already uses every core for a single run, and one thread keeps batches whole.
@@ -125,6 +128,8 @@ class OnnxRouter:
     def _decide_trie(self, rendered: list[RenderedPrompt], routes: RouteSet, start: float) -> list[Decision]:
         rows = [self.remainder_ids(r, forced=True) for r in rendered]
         prefix = self.prefix_kv(routes, len(rows))
+        if self.tree_scoring:
+            return self._decide_tree(rendered, rows, prefix, routes, start)
         batch = prefill(self.engine, prefix, rows, self.tokenizer.info.pad_id)
         if self.batched_trie and len(rows) == 1:
             results = [trie_batched(self.engine, batch, self.trie(routes), self.tokenizer.info.pad_id)]
@@ -144,6 +149,28 @@ class OnnxRouter:
                     steps=res.steps + 1,
                     raw=self.prompts.profile.answer_prefix + self.prompts.profile.continuation(res.candidate),
                     scores={res.candidate: res.logprob},
+                )
+            )
+        return decisions
+
+    def _decide_tree(
+        self, rendered: list[RenderedPrompt], rows: list[list[int]], prefix: PastKV, routes: RouteSet, start: float
+    ) -> list[Decision]:
+        all_scores = tree_score(self.engine, prefix, rows, self.trie(routes), self.tokenizer.info.pad_id)
+        elapsed = (time.perf_counter() - start) * 1000
+        decisions = []
+        for r, row, scores in zip(rendered, rows, all_scores, strict=True):
+            best = max(scores, key=lambda name: scores[name])
+            decisions.append(
+                Decision(
+                    route=None if best == OTHER else best,
+                    latency_ms=elapsed,
+                    backend=self.name,
+                    prompt_tokens=len(r.prefix.ids) + len(row),
+                    cached_tokens=len(r.prefix.ids),
+                    steps=1,
+                    raw=self.prompts.profile.answer_prefix + self.prompts.profile.continuation(best),
+                    scores=scores,
                 )
             )
         return decisions

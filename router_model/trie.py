@@ -43,6 +43,14 @@ class TokenTrie:
                     child = node.children[tok] = TrieNode(token=tok, depth=node.depth + 1, parent=node)
                 node = child
             node.candidate = name
+        #: Nodes with children, parents first: what a tree forward feeds after the prompt (decoder.tree_score).
+        self.inner: tuple[TrieNode, ...] = tuple(n for n in self._breadth_first() if n.depth > 0 and n.children)
+
+    def _breadth_first(self) -> Iterator[TrieNode]:
+        level = [self.root]
+        while level:
+            yield from level
+            level = [child for node in level for child in node.children.values()]
 
     @property
     def max_depth(self) -> int:

@@ -8,16 +8,21 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from router_model.export import ExportError, check_parity
+from router_model.engine import OnnxCausalLM, causal_mask
+from router_model.export import ExportError, check_parity, router_graph
 from router_model.tokenizer import RouterTokenizer
 
 
-def test_export_writes_a_loadable_model_with_last_position_logits(tiny_onnx_dir: Path, tiny_hf_dir: Path) -> None:
+def test_export_writes_a_loadable_router_graph(tiny_onnx_dir: Path, tiny_hf_dir: Path) -> None:
     report = check_parity(tiny_hf_dir, tiny_onnx_dir)
     assert report.max_abs_diff < 1e-3 and report.prompts == 3
     graph = onnx.load(str(tiny_onnx_dir / "model.onnx"), load_external_data=False).graph
+    inputs = {i.name for i in graph.input}
+    assert {"tree_mask", "logit_positions"} <= inputs and "attention_mask" not in inputs  # nothing reads it now
     logits = next(o for o in graph.output if o.name == "logits")
-    assert logits.type.tensor_type.shape.dim[1].dim_value == 1
+    assert logits.type.tensor_type.shape.dim[1].dim_param == "logit_positions"
+    router_graph(tiny_onnx_dir / "model.onnx")  # idempotent: a second pass changes nothing
+    assert onnx.load(str(tiny_onnx_dir / "model.onnx"), load_external_data=False).graph == graph
     tok = RouterTokenizer.from_dir(tiny_onnx_dir)
     assert tok.encode("<|im_start|>") == [tok._tokenizer.token_to_id("<|im_start|>")]
 
@@ -31,3 +36,24 @@ def test_parity_check_fails_loudly_on_a_corrupted_model(tiny_onnx_dir: Path, tin
     onnx.save(model, str(broken / "model.onnx"))
     with pytest.raises(ExportError, match="differ from PyTorch"):
         check_parity(tiny_hf_dir, broken)
+
+
+def test_router_graph_logits_at_positions_and_tree_mask(tiny_onnx_dir: Path) -> None:
+    engine = OnnxCausalLM(tiny_onnx_dir, providers=["CPUExecutionProvider"])
+    ids = np.array([[5, 17, 33, 8, 91, 4]], dtype=np.int64)
+    every, _ = engine.forward(ids, logit_positions=range(6))
+    assert every.shape == (1, 6, engine.vocab_size)
+    for end in range(1, 7):  # position k's logits are the last-position logits of the first k + 1 tokens
+        last, _ = engine.forward(ids[:, :end])
+        np.testing.assert_allclose(every[0, end - 1], last[0], rtol=1e-5, atol=1e-5)
+    # the causal mask given explicitly is the default; a mask hiding token 2 from the end changes the result
+    causal = causal_mask(np.ones((1, 6), dtype=np.int64), 0, 6)
+    explicit, _ = engine.forward(ids, tree_mask=causal)
+    np.testing.assert_allclose(explicit, every[:, -1], rtol=1e-6, atol=1e-6)
+    hidden = causal.copy()
+    hidden[0, 0, 3:, 2] = False  # no later token sees token 2 (else it would reach the last one a layer up)
+    assert not np.allclose(engine.forward(ids, tree_mask=hidden)[0], explicit, atol=1e-4)
+    # ...and equals running without that token at all (same positions for the rest)
+    keep = [0, 1, 3, 4, 5]
+    without, _ = engine.forward(ids[:, keep], position_ids=np.array([keep]))
+    np.testing.assert_allclose(engine.forward(ids, tree_mask=hidden)[0], without, rtol=1e-5, atol=1e-5)

@@ -53,11 +53,17 @@ def test_prefix_cached_logits_equal_uncached(router: OnnxRouter, dev_examples) -
     assert router.prefix_cache.hits > 0
 
 
-@pytest.mark.parametrize("batched_trie", [True, False], ids=["batched", "best-first"])
+DECODERS = {"tree": (True, True), "batched": (False, True), "best-first": (False, False)}
+
+
+@pytest.mark.parametrize("decoder", list(DECODERS))
 def test_trie_decision_equals_full_candidate_scoring(  # type: ignore[no-untyped-def]
-    router: OnnxRouter, dev_examples, batched_trie: bool, monkeypatch: pytest.MonkeyPatch
+    router: OnnxRouter, dev_examples, decoder: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(router, "batched_trie", batched_trie)
+    assert router.engine.tree  # the fixture's export is tree-capable, so "tree" below is really the tree path
+    tree, batched = DECODERS[decoder]
+    monkeypatch.setattr(router, "tree_scoring", tree)
+    monkeypatch.setattr(router, "batched_trie", batched)
     conversations = [ex["messages"] for ex in dev_examples[::3]] + random_conversations(10)
     chosen = set()
     for messages in conversations:
@@ -66,18 +72,40 @@ def test_trie_decision_equals_full_candidate_scoring(  # type: ignore[no-untyped
         best = max(scores, key=lambda k: scores[k])
         assert (decision.route or "other") == best, (messages, scores, decision)
         assert decision.scores[best] == pytest.approx(scores[best], abs=1e-3)
+        if tree:  # one forward scores every candidate, and each score is the full one
+            assert decision.steps == 1
+            assert decision.scores == pytest.approx(scores, abs=1e-3)
         chosen.add(best)
     # The random model must not answer the same thing for everything, or this test proves little.
     assert len(chosen) > 1
 
 
-def test_batched_decisions_equal_single_ones(router: OnnxRouter) -> None:
-    conversations = random_conversations(6, seed=7)
-    batched = router.decide_batch_sync(conversations)
-    for messages, b in zip(conversations, batched, strict=True):
+@pytest.mark.parametrize("decoder", list(DECODERS))
+def test_batched_decisions_equal_single_ones(router: OnnxRouter, decoder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    tree, batched = DECODERS[decoder]
+    monkeypatch.setattr(router, "tree_scoring", tree)
+    monkeypatch.setattr(router, "batched_trie", batched)
+    conversations = random_conversations(6, seed=7)  # 1- and 3-turn: rows of a batch are left-padded
+    batch = router.decide_batch_sync(conversations)
+    for messages, b in zip(conversations, batch, strict=True):
         single = router.decide_sync(messages)
         assert b.route == single.route
+        assert b.scores.keys() == single.scores.keys()
         assert list(b.scores.values()) == pytest.approx(list(single.scores.values()), abs=1e-4)
+
+
+def test_plain_optimum_export_routes_with_the_trie_search(tiny_hf_dir: Path, routes: RouteSet, router: OnnxRouter) -> None:
+    """A model exported by optimum without the router graph rewrite still routes, on the trie searches."""
+    from router_model.export import export
+
+    plain_dir = export(tiny_hf_dir, tiny_hf_dir.parent / "plain-onnx", router=False, check=True)
+    plain = OnnxRouter(plain_dir, routes, providers=["CPUExecutionProvider"])
+    assert not plain.engine.tree and not plain.tree_scoring
+    with pytest.raises(ValueError, match="no tree mask input"):
+        plain.engine.forward(np.array([[5, 6]], dtype=np.int64), logit_positions=[0, 1])
+    conversations = random_conversations(6, seed=11)
+    assert [d.route for d in plain.decide_batch_sync(conversations)] == [router.decide_sync(m).route for m in conversations]
+    assert [plain.decide_sync(m).route for m in conversations] == [router.decide_sync(m).route for m in conversations]
 
 
 def test_free_generation_modes_agree_and_report_tokens(router: OnnxRouter) -> None:
