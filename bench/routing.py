@@ -210,7 +210,7 @@ def main() -> None:
     print(f"\nrouting decision latency, {machine(router.provider)}")
     print(
         f"model {model_dir.name}: {router.engine.num_layers} layers, vocab {router.engine.vocab_size}, "
-        f"last-position logits only; {weights}"
+        f"{'router graph (logits only where asked)' if router.engine.tree else 'plain optimum graph'}; {weights}"
     )
     print(
         f"{len(routes)} routes, {len(convs)} conversations, {n} decisions per mode, "

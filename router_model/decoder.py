@@ -235,7 +235,9 @@ def tree_score(
         mask[i, 0, width:, cached + width :] = sees
     logit_positions = [width - 1, *range(width, width + n)]
     logits, _ = engine.forward(ids, prefix, None, positions, tree_mask=mask, logit_positions=logit_positions)
-    logp = log_softmax(logits)  # [batch, 1 + n, vocab]: after the prompt, then after each inner node
+    # [batch, 1 + n]: normalisers after the prompt, then after each inner node (only a few logits are read)
+    top = logits.max(axis=-1, keepdims=True)
+    norm = top[..., 0] + np.log(np.exp(logits - top).sum(axis=-1))
 
     out: list[dict[str, float]] = []
     for i in range(batch):
@@ -243,7 +245,7 @@ def tree_score(
         for name, tokens in trie.candidates.items():
             node, at, total = trie.root, 0, 0.0
             for tok in tokens:
-                total += float(logp[i, at, tok])
+                total += float(logits[i, at, tok] - norm[i, at])
                 node = node.children[tok]
                 at = 1 + column[id(node)] if node.children else -1
             scores[name] = total

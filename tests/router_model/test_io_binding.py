@@ -59,16 +59,18 @@ def test_bound_repeat_past_tiles_on_the_device_like_the_host(tiny_onnx_dir: Path
         bound.repeat_past(tiled, 2)
 
 
-@pytest.mark.parametrize("batched_trie", [True, False], ids=["batched", "best-first"])
-def test_bound_router_decides_like_the_host_router(tiny_onnx_dir: Path, routes: RouteSet, batched_trie: bool) -> None:
+@pytest.mark.parametrize("decoder", ["tree", "batched", "best-first"])
+def test_bound_router_decides_like_the_host_router(tiny_onnx_dir: Path, routes: RouteSet, decoder: str) -> None:
     host = OnnxRouter(tiny_onnx_dir, routes, providers=CPU)
     bound = OnnxRouter(tiny_onnx_dir, routes, providers=CPU, io_binding=True)
-    bound.batched_trie = batched_trie
+    assert host.tree_scoring and bound.tree_scoring
+    bound.tree_scoring, bound.batched_trie = decoder == "tree", decoder == "batched"
     want = [host.decide_sync(c) for c in CONVERSATIONS]
     got = [bound.decide_sync(c) for c in CONVERSATIONS]
     assert [d.route for d in got] == [d.route for d in want]
-    for g, w in zip(got, want, strict=True):
-        assert g.scores.keys() == w.scores.keys()
-        assert abs(next(iter(g.scores.values())) - next(iter(w.scores.values()))) < 1e-4
-    # batched decisions take the device path too: the prefix tiled on the device, best-first in lockstep
+    for g, w in zip(got, want, strict=True):  # the host router scored every candidate; bound ones, the winner
+        assert g.scores.keys() <= w.scores.keys()
+        assert all(abs(score - w.scores[name]) < 1e-4 for name, score in g.scores.items())
+    # batched decisions take the device path too: the prefix tiled on the device, then one tree forward or
+    # best-first in lockstep
     assert [d.route for d in bound.decide_batch_sync(CONVERSATIONS)] == [d.route for d in want]
