@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from router_model.backend import RouterModelMissing
 
-TREE_MASK = "tree_mask"  # the graph inputs export.router_graph adds (export imports onnx lazily; so do we)
+TREE_MASK = "tree_mask"  # the inputs export.router_graph adds to a graph (see there)
 LOGIT_POSITIONS = "logit_positions"
 
 logger = logging.getLogger(__name__)
