@@ -21,6 +21,7 @@ import onnxruntime as ort  # noqa: E402
 import yaml  # noqa: E402
 
 from router_model.decoder import expand_nodes, prefill  # noqa: E402
+from router_model.engine import LOGIT_POSITIONS, LOGIT_TOKENS, TREE_MASK  # noqa: E402
 from router_model.evaluate import percentiles  # noqa: E402
 from router_model.onnx_router import OnnxRouter  # noqa: E402
 from router_model.routes import RouteSet  # noqa: E402
@@ -59,9 +60,14 @@ def build_model(device: str, flat: bool, size: str, dtype: str) -> Path:
     from router_model.export import export
 
     shape = "flat" if flat else "peaked"
-    onnx_dir = OUT / "models" / f"{size}-{shape}-{dtype}-tree-onnx"
+    onnx_dir = OUT / "models" / f"{size}-{shape}-{dtype}-onnx"
     if (onnx_dir / "model.onnx").is_file():
-        return onnx_dir
+        import onnx
+
+        inputs = {i.name for i in onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).graph.input}
+        if {TREE_MASK, LOGIT_POSITIONS, LOGIT_TOKENS} <= inputs:
+            return onnx_dir
+        shutil.rmtree(onnx_dir)  # exported by an older outerloop: the router graph has changed since
     hf_dir = OUT / "models" / f"{size}-{shape}-hf"
     scale = 1.0 if flat else PEAKED_LOGIT_SCALE[size]
     # A deep random model in fp16 needs a real model's small init, or its residual stream overflows.

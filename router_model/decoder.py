@@ -234,10 +234,10 @@ def tree_score(
         mask[i, 0, width:, tail] = True
         mask[i, 0, width:, cached + width :] = sees
     logit_positions = [width - 1, *range(width, width + n)]
-    logits, _ = engine.forward(ids, prefix, None, positions, tree_mask=mask, logit_positions=logit_positions)
-    # [batch, 1 + n]: normalisers after the prompt, then after each inner node (only a few logits are read)
-    top = logits.max(axis=-1, keepdims=True)
-    norm = top[..., 0] + np.log(np.exp(logits - top).sum(axis=-1))
+    vocab = sorted({tok for tokens in trie.candidates.values() for tok in tokens})
+    index = {tok: k for k, tok in enumerate(vocab)}
+    # [batch, 1 + n, len(vocab)]: after the prompt, then after each inner node, for the trie's tokens only
+    logp = engine.token_logprobs(ids, prefix, positions, mask, logit_positions, vocab)
 
     out: list[dict[str, float]] = []
     for i in range(batch):
@@ -245,7 +245,7 @@ def tree_score(
         for name, tokens in trie.candidates.items():
             node, at, total = trie.root, 0, 0.0
             for tok in tokens:
-                total += float(logits[i, at, tok] - norm[i, at])
+                total += float(logp[i, at, index[tok]])
                 node = node.children[tok]
                 at = 1 + column[id(node)] if node.children else -1
             scores[name] = total

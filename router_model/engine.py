@@ -18,8 +18,11 @@ import onnxruntime as ort
 
 from router_model.backend import RouterModelMissing
 
-TREE_MASK = "tree_mask"  # the inputs export.router_graph adds to a graph (see there)
+TREE_MASK = "tree_mask"  # the inputs and output export.router_graph adds to a graph (see there)
 LOGIT_POSITIONS = "logit_positions"
+LOGIT_TOKENS = "logit_tokens"
+LOGSUMEXP = "logsumexp"
+VOCAB_SIZE_KEY = "outerloop.vocab_size"
 
 logger = logging.getLogger(__name__)
 
@@ -157,14 +160,17 @@ class OnnxCausalLM:
         self._has_attention_mask = "attention_mask" in inputs
         #: Exported by `outerloop router export` (export.router_graph): a 4D mask input and logits at chosen
         #: positions, which lets one forward score a whole trie. Plain optimum exports run without it.
-        self.tree = TREE_MASK in inputs and LOGIT_POSITIONS in inputs
+        self.tree = {TREE_MASK, LOGIT_POSITIONS, LOGIT_TOKENS} <= inputs.keys()
         first = inputs[self._past_names[0]]
         self.num_layers = len(self._past_names) // 2
         self.kv_heads = int(first.shape[1])
         self.head_dim = int(first.shape[3])
         self.kv_dtype = _ORT_DTYPES[first.type]
-        logits_shape = next(o for o in self.session.get_outputs() if o.name == "logits").shape
-        self.vocab_size = int(logits_shape[2])
+        vocab = next(o for o in self.session.get_outputs() if o.name == "logits").shape[2]
+        if not isinstance(vocab, int):  # the router graph's logits are per asked token; it records the vocabulary
+            vocab = self.session.get_modelmeta().custom_metadata_map[VOCAB_SIZE_KEY]
+        self.vocab_size = int(vocab)
+        self._all_tokens = np.arange(self.vocab_size, dtype=np.int64)
 
     def empty_past(self, batch: int) -> PastKV:
         shape = (batch, self.kv_heads, 0, self.head_dim)
@@ -192,6 +198,43 @@ class OnnxCausalLM:
         (`self.tree`) also takes `tree_mask` [batch, 1, seq, past + seq] (which positions each new token sees,
         replacing the causal mask) and `logit_positions`, which then returns logits [batch, n, vocab].
         """
+        feeds, past, total = self._feeds(input_ids, past, attention_mask, position_ids, tree_mask, logit_positions)
+        if self.tree:
+            feeds[LOGIT_TOKENS] = self._all_tokens
+        (logits,), present = self._run(feeds, past, ["logits"])
+        out = logits if logit_positions is not None else logits[:, -1, :]
+        return np.asarray(out, dtype=np.float32), PastKV(present, total, input_ids.shape[0])
+
+    def token_logprobs(
+        self,
+        input_ids: np.ndarray,
+        past: PastKV | None,
+        position_ids: np.ndarray,
+        tree_mask: np.ndarray,
+        logit_positions: Sequence[int],
+        tokens: Sequence[int],
+    ) -> np.ndarray:
+        """Log-probabilities of `tokens` at `logit_positions`: [batch, n, len(tokens)] (float32). Tree graphs only.
+
+        The normalisers are computed in the graph, next to the logits, so only these columns leave the device.
+        """
+        if not self.tree:
+            raise ValueError("this model has no tree mask input: export it with `outerloop router export`")
+        feeds, past, _ = self._feeds(input_ids, past, None, position_ids, tree_mask, logit_positions)
+        feeds[LOGIT_TOKENS] = np.asarray(tokens, dtype=np.int64)
+        (logits, norm), _ = self._run(feeds, past, ["logits", LOGSUMEXP])
+        out: np.ndarray = logits.astype(np.float32) - norm[..., None]
+        return out
+
+    def _feeds(
+        self,
+        input_ids: np.ndarray,
+        past: PastKV | None,
+        attention_mask: np.ndarray | None,
+        position_ids: np.ndarray | None,
+        tree_mask: np.ndarray | None,
+        logit_positions: Sequence[int] | None,
+    ) -> tuple[dict[str, Any], PastKV, int]:
         batch, seq = input_ids.shape
         past = past or self.empty_past(batch)
         if past.batch != batch:
@@ -214,29 +257,28 @@ class OnnxCausalLM:
             feeds[TREE_MASK] = np.ascontiguousarray(tree_mask, dtype=np.bool_)
             positions = [seq - 1] if logit_positions is None else list(logit_positions)
             feeds[LOGIT_POSITIONS] = np.array(positions, dtype=np.int64)
-        if self.bound:
-            logits, present = self._run_bound(feeds, past)
-        else:
-            feeds.update(zip(self._past_names, past.values, strict=True))
-            outputs = self.session.run(["logits", *self._present_names], feeds)
-            logits, present = outputs[0], tuple(outputs[1:])
-        out = logits if logit_positions is not None else logits[:, -1, :]
-        return np.asarray(out, dtype=np.float32), PastKV(present, total, batch)
+        return feeds, past, total
 
-    def _run_bound(self, feeds: dict[str, np.ndarray], past: PastKV) -> tuple[np.ndarray, tuple[Any, ...]]:
+    def _run(self, feeds: dict[str, Any], past: PastKV, names: list[str]) -> tuple[list[np.ndarray], tuple[Any, ...]]:
+        """The named outputs (on the host) and the present KV (host arrays, or device OrtValues when bound)."""
+        if not self.bound:
+            feeds.update(zip(self._past_names, past.values, strict=True))
+            outputs = self.session.run([*names, *self._present_names], feeds)
+            return outputs[: len(names)], tuple(outputs[len(names) :])
         # IO binding keeps the KV cache on the GPU between steps: past tensors are the previous step's device
-        # outputs, presents are allocated on the device, and only the (last-position) logits come back to host.
+        # outputs, presents are allocated on the device, and only the named outputs come back to the host.
         binding = self.session.io_binding()
         for name, array in feeds.items():
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, self._device, self.device_id))
         for name, value in zip(self._past_names, past.values, strict=True):
             binding.bind_ortvalue_input(name, value)
-        binding.bind_output("logits", "cpu")
+        for name in names:
+            binding.bind_output(name, "cpu")
         for name in self._present_names:
             binding.bind_output(name, self._device, self.device_id)
         self.session.run_with_iobinding(binding)
-        outputs = binding.get_outputs()
-        return outputs[0].numpy(), tuple(outputs[1:])
+        values = binding.get_outputs()
+        return [v.numpy() for v in values[: len(names)]], tuple(values[len(names) :])
 
     def repeat_past(self, past: PastKV, batch: int) -> PastKV:
         """`past` (batch 1) repeated `batch` times, where it lives: numpy on the host, a Tile run on the device."""

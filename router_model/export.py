@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from router_model.engine import LOGIT_POSITIONS, TREE_MASK
+from router_model.engine import LOGIT_POSITIONS, LOGIT_TOKENS, LOGSUMEXP, TREE_MASK, VOCAB_SIZE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,9 @@ def router_graph(path: Path) -> None:
     causal-and-padding mask the graph derives from `attention_mask`, so one forward can score the conversation
     and the whole trie of route names (each node sees only its ancestors: tree attention). The LM head runs on
     `logit_positions` [n] only: a router needs one to a few dozen positions, and with a 152k vocabulary the
-    head would dominate prefill otherwise. Idempotent.
+    head would dominate prefill otherwise. `logits` holds the `logit_tokens` [m] columns only, and a new output
+    `logsumexp` [batch, n] each position's normaliser, so a decision moves kilobytes off the device instead
+    of n rows of the vocabulary. Idempotent.
     """
     import onnx
     from onnx import helper
@@ -134,6 +136,24 @@ def router_graph(path: Path) -> None:
         list(graph.node).index(producer),
         helper.make_node("Gather", [hidden, LOGIT_POSITIONS], [picked], name="router_logit_positions", axis=1),
     )
+    # The head's full output stays on the device: the host gets the logits of the tokens asked for, and each
+    # position's log-normaliser (in fp32 whatever the model's dtype), a few KB instead of n x 152k floats.
+    full = "router_full_logits"
+    producer.output[list(producer.output).index("logits")] = full
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    reduce_inputs = [full + "_fp32"]
+    reduce_attrs: dict[str, Any] = {"keepdims": 0}
+    if opset >= 18:  # axes moved from an attribute to an input in opset 18
+        graph.initializer.append(helper.make_tensor("router_vocab_axis", onnx.TensorProto.INT64, [1], [2]))
+        reduce_inputs.append("router_vocab_axis")
+    else:
+        reduce_attrs["axes"] = [2]
+    at = list(graph.node).index(producer) + 1
+    graph.node.insert(at, helper.make_node("Gather", [full, LOGIT_TOKENS], ["logits"], name="router_logit_tokens", axis=2))
+    graph.node.insert(at + 1, helper.make_node("Cast", [full], [full + "_fp32"], name="router_logits_fp32", to=1))
+    graph.node.insert(
+        at + 2, helper.make_node("ReduceLogSumExp", reduce_inputs, [LOGSUMEXP], name="router_logsumexp", **reduce_attrs)
+    )
     for node in graph.node:
         for i, name in enumerate(node.input):
             if name == mask:
@@ -141,12 +161,21 @@ def router_graph(path: Path) -> None:
     dims: list[str | int | None] = ["batch_size", 1, "sequence_length", "past_sequence_length + sequence_length"]
     graph.input.append(helper.make_tensor_value_info(TREE_MASK, onnx.TensorProto.BOOL, dims))
     graph.input.append(helper.make_tensor_value_info(LOGIT_POSITIONS, onnx.TensorProto.INT64, ["logit_positions"]))
+    graph.input.append(helper.make_tensor_value_info(LOGIT_TOKENS, onnx.TensorProto.INT64, ["logit_tokens"]))
     for output in graph.output:
         if output.name == "logits":
             dims_out = output.type.tensor_type.shape.dim
-            if len(dims_out) == 3:
-                dims_out[1].Clear()
-                dims_out[1].dim_param = "logit_positions"
+            if len(dims_out) != 3 or not dims_out[2].HasField("dim_value"):
+                raise ExportError(f"{path}: 'logits' is not [batch, sequence, vocabulary] with a fixed vocabulary")
+            helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                           VOCAB_SIZE_KEY: str(dims_out[2].dim_value)})
+            dims_out[1].Clear()
+            dims_out[1].dim_param = "logit_positions"
+            dims_out[2].Clear()
+            dims_out[2].dim_param = "logit_tokens"
+    graph.output.append(
+        helper.make_tensor_value_info(LOGSUMEXP, onnx.TensorProto.FLOAT, ["batch_size", "logit_positions"])
+    )
     _drop_dead_nodes(graph)
     # Loaded without external data, so models past 2 GB keep pointing at their weight files untouched.
     onnx.save_model(model, str(path))

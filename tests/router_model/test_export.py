@@ -19,8 +19,10 @@ def test_export_writes_a_loadable_router_graph(tiny_onnx_dir: Path, tiny_hf_dir:
     graph = onnx.load(str(tiny_onnx_dir / "model.onnx"), load_external_data=False).graph
     inputs = {i.name for i in graph.input}
     assert {"tree_mask", "logit_positions"} <= inputs and "attention_mask" not in inputs  # nothing reads it now
+    assert {"tree_mask", "logit_positions", "logit_tokens"} <= inputs
     logits = next(o for o in graph.output if o.name == "logits")
-    assert logits.type.tensor_type.shape.dim[1].dim_param == "logit_positions"
+    assert [d.dim_param for d in logits.type.tensor_type.shape.dim[1:]] == ["logit_positions", "logit_tokens"]
+    assert "logsumexp" in {o.name for o in graph.output}
     router_graph(tiny_onnx_dir / "model.onnx")  # idempotent: a second pass changes nothing
     assert onnx.load(str(tiny_onnx_dir / "model.onnx"), load_external_data=False).graph == graph
     tok = RouterTokenizer.from_dir(tiny_onnx_dir)
@@ -57,3 +59,18 @@ def test_router_graph_logits_at_positions_and_tree_mask(tiny_onnx_dir: Path) -> 
     keep = [0, 1, 3, 4, 5]
     without, _ = engine.forward(ids[:, keep], position_ids=np.array([keep]))
     np.testing.assert_allclose(engine.forward(ids, tree_mask=hidden)[0], without, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bound", [False, True], ids=["host", "io-binding"])
+def test_token_logprobs_are_the_full_log_softmax_columns(tiny_onnx_dir: Path, bound: bool) -> None:
+    engine = OnnxCausalLM(tiny_onnx_dir, providers=["CPUExecutionProvider"], io_binding=bound)
+    assert engine.vocab_size > 100  # read from the graph's metadata: its logits are per asked token now
+    ids = np.array([[5, 17, 33, 8, 91, 4], [9, 9, 40, 2, 7, 11]], dtype=np.int64)
+    full, _ = engine.forward(ids, logit_positions=[2, 5])
+    shifted = full - full.max(axis=-1, keepdims=True)
+    want = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    tokens = [3, 17, 99, engine.vocab_size - 1]
+    positions = np.broadcast_to(np.arange(6), (2, 6))
+    got = engine.token_logprobs(ids, None, positions, causal_mask(np.ones((2, 6)), 0, 6), [2, 5], tokens)
+    assert got.shape == (2, 2, 4) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want[:, :, tokens], rtol=1e-5, atol=1e-5)
