@@ -23,10 +23,10 @@ from core.plugins import Registry, build_registry
 from core.providers import Adapter
 from core.providers.anthropic_upstream import (
     AnthropicClientOpenAIUpstream,
-    AnthropicPassthrough,
     OpenAIClientAnthropicUpstream,
+    anthropic_passthrough,
 )
-from core.providers.openai import OpenAIAdapter
+from core.providers.openai import openai_passthrough
 from core.proxy import ProxyEndpoint
 from core.responses import send_body
 from core.upstream import Upstreams
@@ -61,12 +61,12 @@ class Runtime:
         }
         self.chains = [ListenerChain(listener.name, self._build_chain(listener)) for listener in config.listeners]
         self._by_port = {listener.port: chain for listener, chain in zip(config.listeners, self.chains)}
-        openai = OpenAIAdapter()
+        openai = openai_passthrough()
         self._adapters: dict[tuple[str, str], Adapter] = {
             ("openai", "openai"): openai,
             ("openai", "demo"): openai,
             ("openai", "anthropic"): OpenAIClientAnthropicUpstream(),
-            ("anthropic", "anthropic"): AnthropicPassthrough(),
+            ("anthropic", "anthropic"): anthropic_passthrough(),
             ("anthropic", "openai"): AnthropicClientOpenAIUpstream(),
             ("anthropic", "demo"): AnthropicClientOpenAIUpstream(),
         }

@@ -25,7 +25,7 @@ from core.providers.anthropic_response import (
     openai_to_anthropic_response,
 )
 from core.providers.anthropic_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
-from core.providers.openai import bearer_headers, upstream_body
+from core.providers.openai import Passthrough, bearer_headers, upstream_body
 from core.upstream import Target
 
 # Anthropic request headers a client may set that change behaviour upstream (betas, versions).
@@ -152,17 +152,6 @@ class AnthropicClientOpenAIUpstream(_TranslatingAdapter):
         return openai_error_to_anthropic(body, status)
 
 
-class AnthropicPassthrough:
-    """Anthropic client, Anthropic upstream: bytes pass unchanged (the model id substituted if needed)."""
-
-    rewrites_body = False
-
-    def request(self, flow: Flow, target: Target) -> httpx.Request:
-        return httpx.Request("POST", target.upstream.url("/messages"), headers=anthropic_headers(flow, target),
-                             content=upstream_body(flow, target.model_id))
-
-    def body(self, flow: Flow, response: httpx.Response) -> AsyncIterator[bytes]:
-        return response.aiter_raw()
-
-    def error_body(self, flow: Flow, status: int, body: bytes) -> bytes:
-        return body
+def anthropic_passthrough() -> Passthrough:
+    """Anthropic client, Anthropic upstream."""
+    return Passthrough("/messages", anthropic_headers)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 
@@ -36,13 +36,18 @@ def bearer_headers(flow: Flow, target: Target) -> list[tuple[str, str]]:
     return headers
 
 
-class OpenAIAdapter:
-    """OpenAI client, OpenAI-shaped upstream: the request and every response byte pass unchanged."""
+class Passthrough:
+    """Client and upstream speak the same API: the request and every response byte pass unchanged (the model id
+    substituted where the client named another), to `path` with the provider's `headers`."""
 
     rewrites_body = False
 
+    def __init__(self, path: str, headers: Callable[[Flow, Target], list[tuple[str, str]]]) -> None:
+        self.path = path
+        self.headers = headers
+
     def request(self, flow: Flow, target: Target) -> httpx.Request:
-        return httpx.Request("POST", target.upstream.url("/chat/completions"), headers=bearer_headers(flow, target),
+        return httpx.Request("POST", target.upstream.url(self.path), headers=self.headers(flow, target),
                              content=upstream_body(flow, target.model_id))
 
     def body(self, flow: Flow, response: httpx.Response) -> AsyncIterator[bytes]:
@@ -50,3 +55,8 @@ class OpenAIAdapter:
 
     def error_body(self, flow: Flow, status: int, body: bytes) -> bytes:
         return body
+
+
+def openai_passthrough() -> Passthrough:
+    """OpenAI client, OpenAI-shaped upstream."""
+    return Passthrough("/chat/completions", bearer_headers)
