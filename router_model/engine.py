@@ -214,12 +214,11 @@ class OnnxCausalLM:
         logit_positions: Sequence[int],
         tokens: Sequence[int],
     ) -> np.ndarray:
-        """Log-probabilities of `tokens` at `logit_positions`: [batch, n, len(tokens)] (float32). Tree graphs only.
+        """Log-probabilities of `tokens` at `logit_positions`: [batch, n, len(tokens)] (float32). Tree graphs only
+        (`_feeds` refuses others).
 
         The normalisers are computed in the graph, next to the logits, so only these columns leave the device.
         """
-        if not self.tree:
-            raise ValueError("this model has no tree mask input: export it with `outerloop router export`")
         feeds, past, _ = self._feeds(input_ids, past, None, position_ids, tree_mask, logit_positions)
         feeds[LOGIT_TOKENS] = np.asarray(tokens, dtype=np.int64)
         (logits, norm), _ = self._run(feeds, past, ["logits", LOGSUMEXP])
