@@ -21,8 +21,8 @@ import onnxruntime as ort  # noqa: E402
 import yaml  # noqa: E402
 
 from router_model.decoder import expand_nodes, prefill  # noqa: E402
-from router_model.engine import LOGIT_POSITIONS, LOGIT_TOKENS, TREE_MASK  # noqa: E402
 from router_model.evaluate import percentiles  # noqa: E402
+from router_model.export import ROUTER_GRAPH_KEY, ROUTER_GRAPH_VERSION  # noqa: E402
 from router_model.onnx_router import OnnxRouter  # noqa: E402
 from router_model.routes import RouteSet  # noqa: E402
 
@@ -64,8 +64,8 @@ def build_model(device: str, flat: bool, size: str, dtype: str) -> Path:
     if (onnx_dir / "model.onnx").is_file():
         import onnx
 
-        inputs = {i.name for i in onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).graph.input}
-        if {TREE_MASK, LOGIT_POSITIONS, LOGIT_TOKENS} <= inputs:
+        props = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).metadata_props
+        if {p.key: p.value for p in props}.get(ROUTER_GRAPH_KEY) == ROUTER_GRAPH_VERSION:
             return onnx_dir
         shutil.rmtree(onnx_dir)  # exported by an older outerloop: the router graph has changed since
     hf_dir = OUT / "models" / f"{size}-{shape}-hf"

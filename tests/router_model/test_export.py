@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from onnx import numpy_helper
 
 from router_model.engine import OnnxCausalLM, causal_mask
-from router_model.export import ExportError, check_parity, router_graph
+from router_model.export import ROUTER_GRAPH_KEY, ROUTER_GRAPH_VERSION, ExportError, check_parity, router_graph
 from router_model.tokenizer import RouterTokenizer
 
 
@@ -23,6 +24,8 @@ def test_export_writes_a_loadable_router_graph(tiny_onnx_dir: Path, tiny_hf_dir:
     logits = next(o for o in graph.output if o.name == "logits")
     assert [d.dim_param for d in logits.type.tensor_type.shape.dim[1:]] == ["logit_positions", "logit_tokens"]
     assert "logsumexp" in {o.name for o in graph.output}
+    props = {p.key: p.value for p in onnx.load(str(tiny_onnx_dir / "model.onnx"), load_external_data=False).metadata_props}
+    assert props[ROUTER_GRAPH_KEY] == ROUTER_GRAPH_VERSION  # tells a stale export (bench/routing.py rebuilds those)
     router_graph(tiny_onnx_dir / "model.onnx")  # idempotent: a second pass changes nothing
     assert onnx.load(str(tiny_onnx_dir / "model.onnx"), load_external_data=False).graph == graph
     tok = RouterTokenizer.from_dir(tiny_onnx_dir)
@@ -74,3 +77,44 @@ def test_token_logprobs_are_the_full_log_softmax_columns(tiny_onnx_dir: Path, bo
     got = engine.token_logprobs(ids, None, positions, causal_mask(np.ones((2, 6)), 0, 6), [2, 5], tokens)
     assert got.shape == (2, 2, 4) and got.dtype == np.float32
     np.testing.assert_allclose(got, want[:, :, tokens], rtol=1e-5, atol=1e-5)
+
+
+def test_attention_is_fused_and_computes_what_the_traced_graph_does(
+    tiny_onnx_dir: Path, tiny_hf_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from router_model import export as export_module
+
+    ops = Counter(n.op_type for n in onnx.load(str(tiny_onnx_dir / "model.onnx"), load_external_data=False).graph.node)
+    assert ops["MultiHeadAttention"] == 2 and ops["Softmax"] == 0  # one per layer of the tiny model
+    # The same rewrite with the attention left as traced: same logits and normalisers, under a tree mask that
+    # hides tokens, after a cached past, for a batch.
+    plain = export_module.export(tiny_hf_dir, tmp_path / "unfused", router=False, check=False)
+    monkeypatch.setattr(export_module, "_num_heads", lambda _: None)
+    router_graph(plain / "model.onnx")
+    assert "MultiHeadAttention" not in {n.op_type for n in onnx.load(str(plain / "model.onnx")).graph.node}
+    ids = np.array([[5, 17, 33, 8, 91, 4, 60], [9, 9, 40, 2, 7, 11, 3]], dtype=np.int64)
+    mask = causal_mask(np.ones((2, 9)), 2, 7)
+    mask[0, 0, 4:, 4] = False
+    mask[1, 0, 5:, 6] = False
+    positions = np.broadcast_to(np.arange(2, 9), (2, 7))
+    results = []
+    for model_dir in (tiny_onnx_dir, plain):
+        engine = OnnxCausalLM(model_dir, providers=["CPUExecutionProvider"])
+        _, past = engine.forward(np.array([[70, 71], [72, 73]], dtype=np.int64))
+        results.append(engine.token_logprobs(ids, past, positions, mask, [1, 4, 6], [3, 17, 99]))
+        results.append(engine.forward(ids, past, tree_mask=mask, logit_positions=[6])[0])
+    np.testing.assert_allclose(results[0], results[2], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(results[1], results[3], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(results[1][0], results[1][1], atol=1e-3)  # the rows differ: a real comparison
+
+
+def test_left_padded_rows_match_their_unpadded_run(tiny_onnx_dir: Path) -> None:
+    """Pad positions see no token at all; their fully masked rows must not turn into NaNs that reach real rows."""
+    engine = OnnxCausalLM(tiny_onnx_dir, providers=["CPUExecutionProvider"])
+    ids = np.array([[0, 0, 5, 17, 33], [9, 9, 40, 2, 7]], dtype=np.int64)
+    attention = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=np.int64)
+    positions = np.array([[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]], dtype=np.int64)
+    padded, _ = engine.forward(ids, attention_mask=attention, position_ids=positions)
+    alone, _ = engine.forward(ids[:1, 2:])
+    assert np.all(np.isfinite(padded))
+    np.testing.assert_allclose(padded[0], alone[0], rtol=1e-5, atol=1e-5)
