@@ -35,15 +35,28 @@ class EvalReport:
         return self.correct / self.total if self.total else 0.0
 
 
+class ExamplesError(ValueError):
+    """A labelled set that cannot be read; the message names the file and line."""
+
+
 def load_examples(path: str | Path) -> list[Example]:
+    """JSONL rows `{"messages": [...], "route": "<name>"}`; raises ExamplesError naming the file and line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ExamplesError(f"{path}: cannot read: {exc.strerror or exc}") from None
     examples = []
-    for line_no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for line_no, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
-        if "messages" not in row or "route" not in row:
-            raise ValueError(f"{path}:{line_no}: each line needs 'messages' and 'route'")
-        examples.append(Example(tuple(row["messages"]), str(row["route"])))
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ExamplesError(f"{path}:{line_no}: not JSON: {exc.msg}") from None
+        messages = row.get("messages") if isinstance(row, dict) else None
+        if not isinstance(messages, list) or not isinstance(row.get("route"), str):
+            raise ExamplesError(f"{path}:{line_no}: each line needs 'messages' (a list) and 'route' (a string)")
+        examples.append(Example(tuple(messages), row["route"]))
     return examples
 
 

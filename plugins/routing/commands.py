@@ -33,9 +33,11 @@ def add_commands(subparsers: Any) -> None:
 
 
 def _backend(config_path: str, registry: Any) -> Any:
+    """The configured backend, or exit with one line saying why there is none (the proxy would fall back)."""
     from core.config_loader import load_config
     from plugins.routing.backends import build_backend
     from plugins.routing.config import preferences
+    from router_model.backend import RouterModelMissing
     from router_model.routes import RouteSet
 
     config = load_config(config_path, registry)
@@ -43,12 +45,32 @@ def _backend(config_path: str, registry: Any) -> Any:
     if not prefs:
         raise SystemExit(f"{config_path}: routing_preferences: no routes configured")
     routes = RouteSet.of([{"name": p.name, "description": p.description} for p in prefs])
-    return build_backend(config.section("routing"), routes), routes
+    try:
+        return build_backend(config.section("routing"), routes), routes
+    except Exception as exc:  # noqa: BLE001 - the proxy falls back on any of these; the CLI says which
+        reason = "model_missing" if isinstance(exc, RouterModelMissing) else "engine_error"
+        raise SystemExit(
+            f"{config_path}: routing: {exc}\n(the proxy would serve every request its requested or default model: "
+            f"fallback {reason})"
+        ) from None
+
+
+def _messages(text: str) -> list[dict[str, Any]]:
+    """A plain user message, or a JSON list of chat messages when the text starts with '['."""
+    text = text.strip()
+    if not text.startswith("["):
+        return [{"role": "user", "content": text}]
+    try:
+        messages = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"outerloop route: the text starts with '[' but is not JSON: {exc}") from None
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+        raise SystemExit('outerloop route: expected a JSON list of messages like [{"role": "user", "content": "..."}]')
+    return messages
 
 
 def _route(args: argparse.Namespace) -> int:
-    text = args.text.strip()
-    messages = json.loads(text) if text.startswith("[") else [{"role": "user", "content": args.text}]
+    messages = _messages(args.text)
     backend, _ = _backend(args.config, args.registry)
 
     async def run() -> Any:
@@ -86,13 +108,17 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from router_model.evaluate import evaluate, load_examples, render_report
+    from router_model.evaluate import ExamplesError, evaluate, load_examples, render_report
 
+    try:
+        examples = load_examples(args.data)
+    except ExamplesError as exc:
+        raise SystemExit(f"outerloop router eval: {exc}") from None
     backend, routes = _backend(args.config, args.registry)
 
     async def run() -> Any:
         try:
-            return await evaluate(backend, load_examples(args.data), routes)
+            return await evaluate(backend, examples, routes)
         finally:
             await backend.aclose()
 

@@ -76,6 +76,32 @@ def test_cli_route_and_eval_on_the_onnx_engine(tiny_onnx_dir: Path, tmp_path: Pa
     assert "accuracy" in report.stdout.lower() and "p50" in report.stdout
 
 
+def test_cli_route_says_why_there_is_no_decision(tmp_path: Path) -> None:
+    """A missing or unreadable model, or a malformed conversation: one line and exit 1, never a traceback."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.onnx").write_text("not a model")
+    cases = [
+        (tmp_path / "missing", "hi", ["does not exist", "fallback model_missing"]),
+        (broken, "hi", ["model.onnx", "fallback engine_error"]),
+        (broken, '[{"role": "user"', ["is not JSON"]),
+        (broken, "[1, 2]", ["expected a JSON list of messages"]),
+    ]
+    for model_dir, text, expected in cases:
+        path = tmp_path / "route.yaml"
+        path.write_text(yaml.safe_dump(_config("http://127.0.0.1:9/v1", model_dir)))
+        out = subprocess.run([sys.executable, "-m", "core.cli", "route", "-c", str(path), text],
+                             capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert out.returncode == 1 and out.stdout == ""
+        assert all(part in out.stderr for part in expected), out.stderr
+        assert "Traceback" not in out.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    out = subprocess.run([sys.executable, "-m", "core.cli", "router", "eval", "-c", str(path), str(bad)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 1 and "bad.jsonl:1: not JSON" in out.stderr and "Traceback" not in out.stderr
+
+
 def models_of(prefs: list[dict[str, Any]]) -> set[str]:
     return {p["name"] for p in prefs}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from router_model.backend import Decision, Message, RouterError
-from router_model.evaluate import evaluate, load_examples, percentiles, render_report
+from router_model.evaluate import ExamplesError, evaluate, load_examples, percentiles, render_report
 from router_model.routes import RouteSet
 
 ROUTES = RouteSet.of([{"name": "code", "description": "c"}, {"name": "math", "description": "m"}])
@@ -63,8 +63,19 @@ def test_percentiles() -> None:
     assert percentiles([])["p50"] == 0.0
 
 
-def test_load_examples_rejects_bad_lines(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"messages": []}\n', r"bad.jsonl:1: each line needs"),
+        ('\n{"messages": 5, "route": "x"}\n', r"bad.jsonl:2: each line needs 'messages' \(a list\)"),
+        ('{"messages": [], "route": "x"}\nnot json\n', r"bad.jsonl:2: not JSON"),
+        ("[1, 2]\n", r"bad.jsonl:1: each line needs"),
+    ],
+)
+def test_load_examples_rejects_bad_lines(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"messages": []}\n')
-    with pytest.raises(ValueError, match="bad.jsonl:1"):
+    path.write_text(content)
+    with pytest.raises(ExamplesError, match=message):
         load_examples(path)
+    with pytest.raises(ExamplesError, match="missing.jsonl: cannot read"):
+        load_examples(tmp_path / "missing.jsonl")
