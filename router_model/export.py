@@ -230,7 +230,8 @@ def _fuse_attention(graph: Any, heads: int) -> int:
     }
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+            if int(np.prod(node.attribute[0].t.dims)) <= 1:
+                constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     kv_type = next(i.type.tensor_type.elem_type for i in graph.input if i.name.startswith("past_key_values."))
     lowest = np.finfo(helper.tensor_dtype_to_np_dtype(kv_type)).min
 
