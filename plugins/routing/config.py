@@ -34,7 +34,7 @@ class HttpBackend(_Section):
 
 class EmbeddingBackend(_Section):
     model_path: str = Field(description="a directory with an ONNX sentence encoder (model.onnx + tokenizer.json)")
-    threshold: float = Field(default=0.15, ge=-1, le=1, description="below this similarity the answer is `other`")
+    threshold: float = Field(default=0.1, ge=-1, le=1, description="below this similarity the answer is `other`")
 
 
 class Routing(_Section):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from router_model.backend import RouterModelMissing
-from router_model.embedding import EmbeddingRouter
-from router_model.routes import RouteSet
+from router_model.embedding import NO_TASK_PHRASES, EmbeddingRouter, phrasings
+from router_model.routes import Route, RouteSet
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +76,33 @@ def test_follow_up_inherits_previous_user_turn(tiny_encoder_dir: Path, routes: R
 def test_missing_encoder(tmp_path: Path, routes: RouteSet) -> None:
     with pytest.raises(RouterModelMissing):
         EmbeddingRouter(tmp_path, routes)
+
+
+def test_phrasings_are_the_description_its_clauses_and_the_name() -> None:
+    route = Route("creative_writing", "stories, poems, song lyrics or jokes and slogans")
+    assert phrasings(route) == [
+        "stories, poems, song lyrics or jokes and slogans",
+        "creative writing: stories, poems, song lyrics or jokes and slogans",
+        "creative writing",
+        "stories", "poems", "song lyrics", "jokes", "slogans",
+    ]
+    assert phrasings(route, use_names=False)[1:] == ["stories", "poems", "song lyrics", "jokes", "slogans"]
+
+
+def test_a_request_naming_one_listed_intent_matches_its_route(tiny_encoder_dir: Path, routes: RouteSet) -> None:
+    router = EmbeddingRouter(tiny_encoder_dir, routes, threshold=0.0, use_names=False, providers=["CPUExecutionProvider"])
+    for route in routes:
+        clause = phrasings(route, use_names=False)[-1]  # one intent of the list, not the whole description
+        decision = router.decide_sync([{"role": "user", "content": clause}])
+        assert decision.scores[route.name] == pytest.approx(1.0, abs=1e-5)
+        assert decision.route == route.name
+
+
+def test_chit_chat_is_other_unless_the_phrases_are_turned_off(tiny_encoder_dir: Path, routes: RouteSet) -> None:
+    chat = [{"role": "user", "content": NO_TASK_PHRASES[3]}]
+    router = EmbeddingRouter(tiny_encoder_dir, routes, threshold=-1.0, providers=["CPUExecutionProvider"])
+    decision = router.decide_sync(chat)
+    assert decision.route is None and decision.scores  # scored, yet a no-task turn beats every route
+    plain = EmbeddingRouter(tiny_encoder_dir, routes, threshold=-1.0, no_task_phrases=(),
+                            providers=["CPUExecutionProvider"])
+    assert plain.decide_sync(chat).route in routes.names
