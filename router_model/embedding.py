@@ -80,12 +80,22 @@ def phrasings(route: Route, use_names: bool = True) -> list[str]:
     return out
 
 
-class EmbeddingRouter:  # measured on bench/data/routing/dev.jsonl with all-MiniLM-L6-v2: 69% (docs/routing.md)
+def lead_in(text: str) -> str | None:
+    """The instruction before a payload ("Summarize: <text>", "Explain this type:\\n<code>"): up to 80 characters
+    before the first colon or newline, when at least as much follows. A quoted text or code is about something
+    else; matched whole, it pulls the request towards its own topic."""
+    match = re.match(r"^(.{3,80}?)(?::(?!//)|\n)\s*(.+)$", text.strip(), re.S)  # not the colon of a URL
+    if match is None or len(match.group(2)) < len(match.group(1)):
+        return None
+    return match.group(1).strip()
+
+
+class EmbeddingRouter:  # all-MiniLM-L6-v2 on bench/data/routing/dev.jsonl: see docs/routing.md
     """Picks the route with a phrasing most similar to the latest user intent; `other` for turns that look like
     chit-chat (NO_TASK_PHRASES) or whose best similarity is below the threshold.
 
-    The query is the latest user turn, nudged towards the previous user turn so that short follow-ups ("and to
-    Portuguese?") inherit the topic they continue.
+    The query is the latest user turn (and its lead-in, when it carries a payload), nudged towards the previous
+    user turn so that short follow-ups ("and to Portuguese?") inherit the topic they continue.
     """
 
     name = "embedding"
@@ -118,24 +128,30 @@ class EmbeddingRouter:  # measured on bench/data/routing/dev.jsonl with all-Mini
             ]
         return cached
 
-    def query_vector(self, messages: Sequence[Message]) -> np.ndarray | None:
+    def query_vectors(self, messages: Sequence[Message]) -> np.ndarray | None:
+        """The latest user turn as [k, dim] unit vectors: the whole turn and, when it carries a payload, its
+        lead-in (see `lead_in`); each nudged towards the previous user turn. None without a user turn."""
         users = [t for m in messages if m.get("role", "user") == "user" and (t := message_text(m.get("content")))]
         if not users:
             return None
-        vectors = self.encoder.encode(users[-2:])
-        query = vectors[-1] + (self.context_weight * vectors[0] if len(users) > 1 else 0.0)
-        return np.asarray(query / max(float(np.linalg.norm(query)), 1e-12), dtype=np.float32)
+        lead = lead_in(users[-1])
+        vectors = self.encoder.encode([*users[-2:], *([lead] if lead else [])])
+        context = self.context_weight * vectors[0] if len(users) > 1 else 0.0
+        queries = vectors[1:] if len(users) > 1 else vectors
+        queries = queries + context
+        normed: np.ndarray = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        return normed.astype(np.float32)
 
     def decide_sync(self, messages: Sequence[Message], routes: RouteSet | None = None) -> Decision:
         routes = routes or self.routes
         start = time.perf_counter()
-        query = self.query_vector(messages)
-        if query is None:
+        queries = self.query_vectors(messages)
+        if queries is None:
             return Decision(route=None, latency_ms=(time.perf_counter() - start) * 1000, backend=self.name)
-        sims = np.array([float((vectors @ query).max()) for vectors in self.route_vectors(routes)])
+        sims = np.array([float((vectors @ queries.T).max()) for vectors in self.route_vectors(routes)])
         best = int(np.argmax(sims))
         scores = {name: float(s) for name, s in zip(routes.names, sims, strict=True)}
-        no_task = float((self._no_task @ query).max()) if self._no_task is not None else -1.0
+        no_task = float((self._no_task @ queries.T).max()) if self._no_task is not None else -1.0
         return Decision(
             route=routes.names[best] if sims[best] >= self.threshold and sims[best] > no_task else None,
             latency_ms=(time.perf_counter() - start) * 1000,

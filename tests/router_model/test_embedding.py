@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from router_model.backend import RouterModelMissing
-from router_model.embedding import NO_TASK_PHRASES, EmbeddingRouter, phrasings
+from router_model.embedding import NO_TASK_PHRASES, EmbeddingRouter, lead_in, phrasings
 from router_model.routes import Route, RouteSet
 
 
@@ -106,3 +106,24 @@ def test_chit_chat_is_other_unless_the_phrases_are_turned_off(tiny_encoder_dir: 
     plain = EmbeddingRouter(tiny_encoder_dir, routes, threshold=-1.0, no_task_phrases=(),
                             providers=["CPUExecutionProvider"])
     assert plain.decide_sync(chat).route in routes.names
+
+
+@pytest.mark.parametrize(("text", "lead"), [
+    ("Summarize: The committee met twice and agreed on a budget.", "Summarize"),
+    ("Explain this type\ntype Partialize<T> = { [K in keyof T]?: T[K] }", "Explain this type"),
+    ("Key takeaways: none", None),                             # less follows than leads: not a payload
+    ("Write a poem about the sea", None),                      # no payload at all
+    ("Check https://example.com/a/very/long/path for dead links", None),  # a URL's colon is no separator
+    ("x" * 90 + ": " + "y" * 200, None),                       # no short instruction in front
+])
+def test_lead_in_is_the_instruction_before_a_payload(text: str, lead: str | None) -> None:
+    assert lead_in(text) == lead
+
+
+def test_a_quoted_payload_does_not_pull_the_request_to_its_topic(tiny_encoder_dir: Path, routes: RouteSet) -> None:
+    first, second = routes.routes[0], routes.routes[1]
+    clause = phrasings(first, use_names=False)[-1]
+    text = f"{clause}: {second.description}, {second.description}"  # an instruction, then a text about route 2
+    router = EmbeddingRouter(tiny_encoder_dir, routes, threshold=0.0, use_names=False, providers=["CPUExecutionProvider"])
+    decision = router.decide_sync([{"role": "user", "content": text}])
+    assert decision.route == first.name and decision.scores[first.name] == pytest.approx(1.0, abs=1e-5)
