@@ -47,4 +47,9 @@ class RouterBackend(Protocol):
         """Picks a route for the conversation; `routes` overrides the set the backend was built with."""
         ...
 
+    def warm_up(self) -> None:
+        """Blocking: brings the backend to its steady state (caches filled, runtime allocations made) so the
+        first request is not the one that pays for it. Called once, off the event loop, after construction."""
+        ...
+
     async def aclose(self) -> None: ...

@@ -86,5 +86,8 @@ class HttpRouter:
             raw=str(answer),
         )
 
+    def warm_up(self) -> None:
+        """Nothing to warm in process; the endpoint is not called before the first request needs it."""
+
     async def aclose(self) -> None:
         await self._client.aclose()

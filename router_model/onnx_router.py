@@ -249,6 +249,11 @@ class OnnxRouter:
                 total = dataclasses.replace(decision, latency_ms=(now - enqueued) * 1000)
                 _deliver(fut, _set_result, total)
 
+    def warm_up(self) -> None:
+        """One decision on a one-line conversation: fills the route set's prefix KV cache and token trie and makes the runtime's first-run allocations,
+        which would otherwise land on the first request (and on a GPU, past any decision budget)."""
+        self.decide_sync([{"role": "user", "content": "hello"}])
+
     async def aclose(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 

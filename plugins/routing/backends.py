@@ -66,8 +66,14 @@ class SharedBackend:
                 return
             try:
                 loop = asyncio.get_running_loop()
-                self.backend = await loop.run_in_executor(None, build_backend, self.routing, self.routes)
-                log.info("router backend %s ready (%d routes)", self.backend.name, len(self.routes))
+                backend = await loop.run_in_executor(None, build_backend, self.routing, self.routes)
+                try:  # before the listener serves: the first request must not pay for cold caches
+                    await loop.run_in_executor(None, backend.warm_up)
+                except Exception:
+                    await backend.aclose()
+                    raise
+                self.backend = backend
+                log.info("router backend %s ready (%d routes)", backend.name, len(self.routes))
             except Exception as exc:
                 self.backend = None
                 self.unavailable = "model_missing" if isinstance(exc, RouterModelMissing) else "engine_error"

@@ -46,7 +46,9 @@ def _backend(config_path: str, registry: Any) -> Any:
         raise SystemExit(f"{config_path}: routing_preferences: no routes configured")
     routes = RouteSet.of([{"name": p.name, "description": p.description} for p in prefs])
     try:
-        return build_backend(config.section("routing"), routes), routes
+        backend = build_backend(config.section("routing"), routes)
+        backend.warm_up()  # so latencies printed are the steady state a serving proxy has
+        return backend, routes
     except Exception as exc:  # noqa: BLE001 - the proxy falls back on any of these; the CLI says which
         reason = "model_missing" if isinstance(exc, RouterModelMissing) else "engine_error"
         raise SystemExit(

@@ -120,3 +120,45 @@ def test_cli_export_checks_parity(tiny_hf_dir: Path, tmp_path: Path) -> None:
                              capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert missing.returncode == 1
     assert "no such model directory" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_backend_is_warm_before_the_first_request(tiny_onnx_dir: Path, monkeypatch: Any) -> None:
+    """Startup fills the route set's prefix cache; a warm-up that fails leaves the router unavailable, closed."""
+    import asyncio
+
+    from plugins.routing.backends import SharedBackend
+    from plugins.routing.config import Routing
+
+    routing = Routing.model_validate(_config("http://127.0.0.1:9/v1", tiny_onnx_dir)["routing"])
+    routes = RouteSet.of([{"name": p["name"], "description": p["description"]} for p in PREFS])
+
+    async def start_and_decide() -> None:
+        shared = SharedBackend(routing, routes)
+        await shared.acquire()
+        backend = shared.backend
+        assert isinstance(backend, OnnxRouter) and shared.unavailable is None
+        assert backend.prefix_cache.misses == 1  # built at startup, before any request
+        await backend.decide(CONVERSATIONS[0])
+        assert backend.prefix_cache.misses == 1 and backend.prefix_cache.hits >= 1
+        await shared.release()
+
+    asyncio.run(start_and_decide())
+
+    closed: list[OnnxRouter] = []
+
+    def broken(self: OnnxRouter) -> None:
+        raise RuntimeError("CUDA out of memory")
+
+    async def record_close(self: OnnxRouter) -> None:
+        closed.append(self)
+
+    monkeypatch.setattr(OnnxRouter, "warm_up", broken)
+    monkeypatch.setattr(OnnxRouter, "aclose", record_close)
+
+    async def start_broken() -> SharedBackend:
+        shared = SharedBackend(routing, routes)
+        await shared.acquire()
+        return shared
+
+    shared = asyncio.run(start_broken())
+    assert shared.backend is None and shared.unavailable == "engine_error" and len(closed) == 1
