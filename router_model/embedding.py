@@ -151,7 +151,8 @@ class EmbeddingRouter:  # all-MiniLM-L6-v2 on bench/data/routing/dev.jsonl: see 
         sims = np.array([float((vectors @ queries.T).max()) for vectors in self.route_vectors(routes)])
         best = int(np.argmax(sims))
         scores = {name: float(s) for name, s in zip(routes.names, sims, strict=True)}
-        no_task = float((self._no_task @ queries.T).max()) if self._no_task is not None else -1.0
+        # The whole turn only: a turn with a payload carries a task, even when its lead-in is "Hi team".
+        no_task = float((self._no_task @ queries[0]).max()) if self._no_task is not None else -1.0
         return Decision(
             route=routes.names[best] if sims[best] >= self.threshold and sims[best] > no_task else None,
             latency_ms=(time.perf_counter() - start) * 1000,

@@ -127,3 +127,12 @@ def test_a_quoted_payload_does_not_pull_the_request_to_its_topic(tiny_encoder_di
     router = EmbeddingRouter(tiny_encoder_dir, routes, threshold=0.0, use_names=False, providers=["CPUExecutionProvider"])
     decision = router.decide_sync([{"role": "user", "content": text}])
     assert decision.route == first.name and decision.scores[first.name] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_turn_with_a_payload_is_never_chit_chat(tiny_encoder_dir: Path, routes: RouteSet) -> None:
+    """Its lead-in may read like a greeting ("Hi team: <text>"); the payload still makes it a task."""
+    router = EmbeddingRouter(tiny_encoder_dir, routes, threshold=-1.0, providers=["CPUExecutionProvider"])
+    greeting = NO_TASK_PHRASES[4]
+    text = f"{greeting}: {routes.routes[2].description}"
+    assert lead_in(text) == greeting
+    assert router.decide_sync([{"role": "user", "content": text}]).route is not None
