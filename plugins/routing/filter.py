@@ -17,6 +17,9 @@ from plugins.routing.config import Routing, preferences
 
 #: Requests to this path get the decision as the answer instead of a model call.
 DECISION_PATH = "/routing/v1/chat/completions"
+#: Response headers of a routed request: the route chosen (`other` when none), and why the router fell back.
+ROUTE_HEADER = "x-outerloop-route"
+FALLBACK_HEADER = "x-outerloop-route-fallback"
 
 
 class RouterFilter(Filter):
@@ -51,6 +54,10 @@ class RouterFilter(Filter):
                 else:
                     flow.annotations["router.skipped"] = "models_forbidden"
             flow.annotations["router.route"] = flow.route or "other"
+            # Clients see what the router did, as they see the model that served them (x-outerloop-model).
+            flow.extra_headers[ROUTE_HEADER] = flow.route or "other"
+            if "router.fallback" in flow.annotations:
+                flow.extra_headers[FALLBACK_HEADER] = flow.annotations["router.fallback"]
         if not decision_only:
             return None
         body: dict[str, Any] = {

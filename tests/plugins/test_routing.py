@@ -78,7 +78,8 @@ def test_matched_route_serves_its_models_in_order(upstream: tuple[Upstream, str]
         client.close()
     # The route's first model failed with a 500 before any byte; the second one served the request.
     assert [s.json["model"] for s in server.seen] == ["fail-500", "coder"]
-    assert raw.headers["x-outerloop-model"] == "test/coder"
+    assert raw.headers["x-outerloop-model"] == "test/coder" and raw.headers["x-outerloop-route"] == "coding"
+    assert "x-outerloop-route-fallback" not in raw.headers
     assert raw.parse().choices[0].message.content == "Hello from the test upstream."
     # The router model saw the Arch-Router prompt with the routes and the conversation.
     assert '"name": "coding"' in router.prompts[0] and "write a python function" in router.prompts[0]
@@ -90,10 +91,11 @@ def test_other_serves_default_and_named_models_are_not_routed(upstream: tuple[Up
     router, router_url = router_server
     with run_proxy(_config(base, router_url)) as proxy:
         router.answer = '{"route": "other"}'
-        httpx.post(proxy.url + "/v1/chat/completions", json={"messages": MESSAGES})
+        other = httpx.post(proxy.url + "/v1/chat/completions", json={"messages": MESSAGES})
         router.answer = '{"route": "coding"}'
-        httpx.post(proxy.url + "/v1/chat/completions", json={"model": "test-model", "messages": MESSAGES})
+        named = httpx.post(proxy.url + "/v1/chat/completions", json={"model": "test-model", "messages": MESSAGES})
     assert [s.json["model"] for s in server.seen] == ["test-model", "test-model"]
+    assert other.headers["x-outerloop-route"] == "other" and "x-outerloop-route" not in named.headers
     assert len(router.prompts) == 1  # the request naming a model never reached the router
 
 
@@ -129,6 +131,8 @@ def test_router_failures_never_fail_the_request(upstream: tuple[Upstream, str],
         for _ in range(3):
             ok = httpx.post(proxy.url + "/v1/chat/completions", json={"messages": MESSAGES})
             assert ok.status_code == 200
+            assert ok.headers["x-outerloop-route"] == "other"
+            assert ok.headers["x-outerloop-route-fallback"] == "engine_error"
         decision = httpx.post(proxy.url + "/routing/v1/chat/completions", json={"messages": MESSAGES}).json()
     assert all(s.json["model"] == "test-model" for s in server.seen)
     assert decision["fallback"] == "engine_error" and decision["models"] == ["test/test-model"]
