@@ -115,7 +115,9 @@ def render_report(report: EvalReport) -> str:
     ]
     short = [label[:10] for label in report.labels]
     width = max(len(label) for label in report.labels)
-    lines.append(" " * (width + 2) + " ".join(f"{s:>10}" for s in short))
-    for label, row in zip(report.labels, report.confusion, strict=True):
-        lines.append(f"{label:<{width}}  " + " ".join(f"{n:>10}" for n in row))
+    lines.append("rows: expected, columns: predicted; recall = share of each expected label answered right")
+    lines.append(" " * (width + 2) + " ".join(f"{s:>10}" for s in short) + f" {'recall':>7}")
+    for i, (label, row) in enumerate(zip(report.labels, report.confusion, strict=True)):
+        recall = f"{row[i] / sum(row):.0%}" if sum(row) else "-"
+        lines.append(f"{label:<{width}}  " + " ".join(f"{n:>10}" for n in row) + f" {recall:>7}")
     return "\n".join(lines)

@@ -54,7 +54,8 @@ def test_accuracy_confusion_and_latency(tmp_path: Path) -> None:
     assert report.latency_ms["mean"] == pytest.approx(3.0)
     text = render_report(report)
     assert "accuracy 50.0% (3/6), errors 1" in text
-    assert text.splitlines()[-1].split() == ["other", "0", "0", "1"]
+    assert text.splitlines()[-3].split() == ["code", "1", "1", "1", "33%"]  # one of its three answered right
+    assert text.splitlines()[-1].split() == ["other", "0", "0", "1", "100%"]
 
 
 def test_percentiles() -> None:
