@@ -212,9 +212,10 @@ def _fuse_attention(graph: Any, heads: int) -> int:
     over [batch, heads, seq, past + seq] tensors. MultiHeadAttention does it in one (15% off a CPU prefill, and
     on CUDA a fraction of the launches). It takes q as [batch, seq, hidden], k and v as the graph has them after
     the GQA repeat ([batch, heads, total, dim]), and the layer's additive mask (from `tree_mask`) as its
-    attention bias, so tree attention is unchanged. The mask's -inf becomes the lowest finite value: the fused
-    kernel has no NaN guard, and a pad position that sees nothing would turn its row, then through its values
-    every row, into NaN. A layer that does not match the pattern is left as it is.
+    attention bias, so tree attention is unchanged. The mask's -inf becomes half the lowest finite value (a
+    score added to it stays finite, in fp16 too): the fused kernel has no NaN guard, and a pad position that
+    sees nothing would turn its row, then through its values every row, into NaN. A layer that does not match
+    the pattern is left as it is.
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -233,7 +234,7 @@ def _fuse_attention(graph: Any, heads: int) -> int:
             if int(np.prod(node.attribute[0].t.dims)) <= 1:
                 constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     kv_type = next(i.type.tensor_type.elem_type for i in graph.input if i.name.startswith("past_key_values."))
-    lowest = np.finfo(helper.tensor_dtype_to_np_dtype(kv_type)).min
+    floor_value = np.finfo(helper.tensor_dtype_to_np_dtype(kv_type)).min / 2
 
     def op(name: str, op_type: str) -> Any:
         node = producer.get(name)
@@ -313,7 +314,7 @@ def _fuse_attention(graph: Any, heads: int) -> int:
         fused += 1
     if fused:
         graph.initializer.append(helper.make_tensor(shape, TensorProto.INT64, [3], [0, 0, -1]))
-        graph.initializer.append(numpy_helper.from_array(np.array(lowest), floor))
+        graph.initializer.append(numpy_helper.from_array(np.array(floor_value), floor))
     return fused
 
 
