@@ -164,8 +164,9 @@ class EmbeddingRouter:  # all-MiniLM-L6-v2 on bench/data/routing/dev.jsonl: see 
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.decide_sync, messages, routes)
 
     def warm_up(self) -> None:
-        """One decision on a one-line conversation: fills the route set's phrasing embeddings and makes the runtime's first-run allocations,
-        which would otherwise land on the first request (and on a GPU, past any decision budget)."""
+        """One decision on a one-line conversation: fills the route set's phrasing embeddings and makes the
+        runtime's first-run allocations, which would otherwise land on the first request (on a GPU, far past any
+        decision budget)."""
         self.decide_sync([{"role": "user", "content": "hello"}])
 
     async def aclose(self) -> None:

@@ -250,8 +250,9 @@ class OnnxRouter:
                 _deliver(fut, _set_result, total)
 
     def warm_up(self) -> None:
-        """One decision on a one-line conversation: fills the route set's prefix KV cache and token trie and makes the runtime's first-run allocations,
-        which would otherwise land on the first request (and on a GPU, past any decision budget)."""
+        """One decision on a one-line conversation: fills the route set's prefix KV cache and token trie and makes the
+        runtime's first-run allocations, which would otherwise land on the first request (on a GPU, far past any
+        decision budget)."""
         self.decide_sync([{"role": "user", "content": "hello"}])
 
     async def aclose(self) -> None:
