@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 from router_model.backend import RouterBackend, RouterModelMissing
@@ -67,13 +68,15 @@ class SharedBackend:
             try:
                 loop = asyncio.get_running_loop()
                 backend = await loop.run_in_executor(None, build_backend, self.routing, self.routes)
+                started = time.perf_counter()
                 try:  # before the listener serves: the first request must not pay for cold caches
                     await loop.run_in_executor(None, backend.warm_up)
                 except Exception:
                     await backend.aclose()
                     raise
                 self.backend = backend
-                log.info("router backend %s ready (%d routes)", backend.name, len(self.routes))
+                log.info("router backend %s ready (%d routes, warmed up in %.0f ms)", backend.name, len(self.routes),
+                         (time.perf_counter() - started) * 1000)
             except Exception as exc:
                 self.backend = None
                 self.unavailable = "model_missing" if isinstance(exc, RouterModelMissing) else "engine_error"
