@@ -247,7 +247,7 @@ def separate_proxy(upstream: tuple[Upstream, str], redis_url: str, tmp_path: Pat
     _, base = upstream
     prefix = f"test:{uuid.uuid4().hex[:8]}"
     filters = [{"name": "rate_cap", "config": {
-        "caps": [{"requests": 10, "window": "1m", "key": "global"}], "backend": "redis",
+        "caps": [{"requests": 10, "window": "1h", "key": "global"}], "backend": "redis",
         # 30 requests at once on a 2-core box: a Redis reply must not time out into fail-open admissions.
         "redis": {"url": redis_url, "key_prefix": prefix, "timeout_seconds": 2.0}}}]
     raw = proxy_config(base, filters=filters, server={"drain_seconds": 1})
