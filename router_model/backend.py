@@ -37,6 +37,12 @@ class Decision:
     scores: Mapping[str, float] = field(default_factory=dict)
 
 
+#: What in-process backends decide once at startup (`warm_up`): the route set's caches get filled and the
+#: runtime makes its first-run allocations, which would otherwise land on the first request (on a GPU, far past
+#: any decision budget).
+WARM_UP_CONVERSATION: tuple[Message, ...] = ({"role": "user", "content": "hello"},)
+
+
 @runtime_checkable
 class RouterBackend(Protocol):
     """What the proxy's routing plugin calls. Implementations never block the event loop."""

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from router_model.backend import Decision, Message, RouterModelMissing
+from router_model.backend import WARM_UP_CONVERSATION, Decision, Message, RouterModelMissing
 from router_model.conversation import message_text
 from router_model.engine import resolve_providers
 from router_model.routes import Route, RouteSet
@@ -164,10 +164,7 @@ class EmbeddingRouter:  # all-MiniLM-L6-v2 on bench/data/routing/dev.jsonl: see 
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.decide_sync, messages, routes)
 
     def warm_up(self) -> None:
-        """One decision on a one-line conversation: fills the route set's phrasing embeddings and makes the
-        runtime's first-run allocations, which would otherwise land on the first request (on a GPU, far past any
-        decision budget)."""
-        self.decide_sync([{"role": "user", "content": "hello"}])
+        self.decide_sync(WARM_UP_CONVERSATION)
 
     async def aclose(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

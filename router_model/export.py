@@ -183,7 +183,7 @@ def router_graph(path: Path) -> None:
     graph.output.append(
         helper.make_tensor_value_info(LOGSUMEXP, onnx.TensorProto.FLOAT, ["batch_size", "logit_positions"])
     )
-    layers = len({n.name.split("/layers.", 1)[1].split("/", 1)[0] for n in graph.node if "/layers." in n.name})
+    layers = len({_layer(n.name) for n in graph.node if "/layers." in n.name})
     heads = _num_heads(path.parent)
     fused = _fuse_attention(graph, heads) if heads else 0
     if fused and not any(o.domain == "com.microsoft" for o in model.opset_import):
@@ -323,6 +323,11 @@ def _insert(graph: Any, at: int, nodes: list[Any]) -> None:
         graph.node.insert(at + offset, node)
 
 
+def _layer(node_name: str) -> str:
+    """The decoder layer a traced node belongs to: "3" for "/model/layers.3/self_attn/MatMul"."""
+    return node_name.split("/layers.", 1)[1].split("/", 1)[0]
+
+
 def _shared_attention_mask(graph: Any) -> str | None:
     """The tensor derived from `attention_mask` outside the layers that every layer's attention reads."""
     derived = {"attention_mask"}
@@ -334,11 +339,11 @@ def _shared_attention_mask(graph: Any) -> str | None:
     for node in graph.node:
         if "/layers." not in node.name:
             continue
-        layer = node.name.split("/layers.", 1)[1].split("/", 1)[0]
+        layer = _layer(node.name)
         for name in node.input:
             if name in derived and name not in in_layer:
                 candidates.setdefault(name, set()).add(layer)
-    layers = {n.name.split("/layers.", 1)[1].split("/", 1)[0] for n in graph.node if "/layers." in n.name}
+    layers = {_layer(n.name) for n in graph.node if "/layers." in n.name}
     shared = [name for name, seen in candidates.items() if seen == layers]
     return shared[0] if len(shared) == 1 else None
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from router_model.backend import Decision, Message, RouterError
+from router_model.backend import WARM_UP_CONVERSATION, Decision, Message, RouterError
 from router_model.decoder import generate, prefill, score_full, tree_score, trie_batched, trie_search
 from router_model.engine import OnnxCausalLM, PastKV
 from router_model.kv_cache import PrefixCache
@@ -250,10 +250,7 @@ class OnnxRouter:
                 _deliver(fut, _set_result, total)
 
     def warm_up(self) -> None:
-        """One decision on a one-line conversation: fills the route set's prefix KV cache and token trie and makes the
-        runtime's first-run allocations, which would otherwise land on the first request (on a GPU, far past any
-        decision budget)."""
-        self.decide_sync([{"role": "user", "content": "hello"}])
+        self.decide_sync(WARM_UP_CONVERSATION)
 
     async def aclose(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

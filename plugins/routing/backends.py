@@ -42,6 +42,11 @@ def build_backend(routing: Routing, routes: RouteSet) -> RouterBackend:
                       max_conversation_tokens=routing.max_conversation_tokens)
 
 
+def fallback_reason(exc: BaseException) -> str:
+    """The fallback a failure to build or warm up the backend means: `model_missing` or `engine_error`."""
+    return "model_missing" if isinstance(exc, RouterModelMissing) else "engine_error"
+
+
 def _require_dir(path: str) -> None:
     if not Path(path).is_dir():
         raise RouterModelMissing(f"router model directory {path} does not exist")
@@ -79,7 +84,7 @@ class SharedBackend:
                          (time.perf_counter() - started) * 1000)
             except Exception as exc:
                 self.backend = None
-                self.unavailable = "model_missing" if isinstance(exc, RouterModelMissing) else "engine_error"
+                self.unavailable = fallback_reason(exc)
                 log.error("router unavailable, every request goes to its requested or default model: %s", exc)
 
     async def release(self) -> None:

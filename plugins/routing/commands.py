@@ -35,9 +35,8 @@ def add_commands(subparsers: Any) -> None:
 def _backend(config_path: str, registry: Any) -> Any:
     """The configured backend, or exit with one line saying why there is none (the proxy would fall back)."""
     from core.config_loader import load_config
-    from plugins.routing.backends import build_backend
+    from plugins.routing.backends import build_backend, fallback_reason
     from plugins.routing.config import preferences
-    from router_model.backend import RouterModelMissing
     from router_model.routes import RouteSet
 
     config = load_config(config_path, registry)
@@ -50,10 +49,9 @@ def _backend(config_path: str, registry: Any) -> Any:
         backend.warm_up()  # so latencies printed are the steady state a serving proxy has
         return backend, routes
     except Exception as exc:  # noqa: BLE001 - the proxy falls back on any of these; the CLI says which
-        reason = "model_missing" if isinstance(exc, RouterModelMissing) else "engine_error"
         raise SystemExit(
             f"{config_path}: routing: {exc}\n(the proxy would serve every request its requested or default model: "
-            f"fallback {reason})"
+            f"fallback {fallback_reason(exc)})"
         ) from None
 
 
