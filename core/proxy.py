@@ -25,7 +25,7 @@ from core.validation import validate_chat
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from core.app import Runtime
+    from core.runtime import Runtime
     from core.chain import Chain
 
 log = logging.getLogger("outerloop.proxy")

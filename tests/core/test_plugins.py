@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from core.app import Runtime
+from core.runtime import Runtime
 from core.config import Config
 from core.config_loader import parse_config
 from core.errors import ConfigError

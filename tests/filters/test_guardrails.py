@@ -15,8 +15,8 @@ from pydantic import ValidationError
 from core.config import Config, Listener
 from core.filter import FilterContext, LocalReply
 from core.flow import Flow
-from filters.guardrails import GuardrailsConfig, GuardrailsFilter
-from filters.guardrails_rules import iban_valid, luhn_valid, normalize, ssn_valid
+from filters.guardrails.filter import GuardrailsConfig, GuardrailsFilter
+from filters.guardrails.rules import iban_valid, luhn_valid, normalize, ssn_valid
 from tests.conftest import proxy_config
 from tests.harness import run_proxy
 from tests.upstream import Upstream

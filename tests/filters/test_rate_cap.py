@@ -20,9 +20,10 @@ from core.filter import LocalReply
 from core.flow import Flow
 from core.plugins import build_registry
 from core.upstream import Target
-from filters.rate_cap import RateCapConfig, RateCapFilter, TokenRateCapFilter
-from filters.rate_cap_memory import BackendUnavailable, MemoryBackend
-from filters.rate_cap_usage import UsageReader, estimate_input_tokens
+from filters.rate_cap.config import RateCapConfig
+from filters.rate_cap.filter import RateCapFilter, TokenRateCapFilter
+from filters.rate_cap.memory import BackendUnavailable, MemoryBackend
+from filters.rate_cap.usage import UsageReader, estimate_input_tokens
 from tests.conftest import proxy_config
 from tests.harness import run_proxy
 from tests.upstream import Upstream

@@ -18,9 +18,10 @@ import pytest
 import redis
 
 from core.flow import Flow
-from filters.rate_cap import RateCapConfig, RateCapFilter, RedisSettings, TokenRateCapFilter
-from filters.rate_cap_memory import Check
-from filters.rate_cap_redis import RedisBackend
+from filters.rate_cap.config import RateCapConfig, RedisSettings
+from filters.rate_cap.filter import RateCapFilter, TokenRateCapFilter
+from filters.rate_cap.memory import Check
+from filters.rate_cap.redis_backend import RedisBackend
 from tests.conftest import proxy_config
 from tests.harness import free_port, proxy_process, run_proxy
 from tests.upstream import Upstream

@@ -16,8 +16,8 @@ from core.config import Config, Listener, ModelProvider
 from core.filter import FilterContext, LocalReply
 from core.flow import Flow
 from core.upstream import Upstreams
-from filters.session import SessionConfig, SessionFilter
-from filters.session_store import MemoryPinStore, RedisPinStore, StoreUnavailable
+from filters.session.filter import SessionConfig, SessionFilter
+from filters.session.store import MemoryPinStore, RedisPinStore, StoreUnavailable
 from tests.conftest import proxy_config
 from tests.harness import free_port, proxy_process, run_proxy
 from tests.upstream import Upstream
@@ -166,7 +166,7 @@ def test_failed_responses_do_not_pin_and_unknown_models_are_ignored() -> None:
 
 
 def test_anthropic_tool_result_turn_is_a_continuation() -> None:
-    from filters.session import _is_continuation
+    from filters.session.filter import _is_continuation
 
     assert _is_continuation([{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t"}]}])
     assert not _is_continuation([{"role": "user", "content": [{"type": "text", "text": "hi"}]}])

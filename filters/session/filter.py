@@ -12,9 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.filter import Filter, FilterContext, LocalReply
 from core.flow import Flow, content_text
-from core.hookspecs import hookimpl
-from core.plugins import RegisterFilter
-from filters.session_store import MemoryPinStore, PinStore, RedisPinStore, StoreUnavailable
+from filters.session.store import MemoryPinStore, PinStore, RedisPinStore, StoreUnavailable
 
 log = logging.getLogger("outerloop.session")
 
@@ -178,8 +176,3 @@ def _is_continuation(messages: Any) -> bool:
     # Anthropic carries tool results in a user message made only of tool_result blocks.
     return (last.get("role") == "user" and isinstance(content, list) and bool(content)
             and all(isinstance(p, dict) and p.get("type") == "tool_result" for p in content))
-
-
-@hookimpl
-def outerloop_register_filters(register: RegisterFilter) -> None:
-    register("session", SessionFilter.from_config, SessionConfig)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.sse import EventSplitter, encode_event, parse_event
-from filters.guardrails_rules import Checks, Finding, open_block, redact, to_original, normalize
+from filters.guardrails.rules import Checks, Finding, open_block, redact, to_original, normalize
 
 
 class HeldTooLong(Exception):

@@ -11,14 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from core.filter import Filter, FilterContext, LocalReply
 from core.flow import Flow
-from core.hookspecs import hookimpl
-from core.plugins import RegisterFilter
-from filters.guardrails_classifier import TextClassifier
-from filters.guardrails_rules import (
+from filters.guardrails.classifier import TextClassifier
+from filters.guardrails.rules import (
     INJECTION_RULES, PII_ENTITIES, PII_RULES, SPACED_PII_CHARS, Checks, CombinedDetector, Detector, Finding,
     deny_rules, redact,
 )
-from filters.guardrails_stream import HeldText, HeldTooLong, Outcome, SseRedactor, redact_json
+from filters.guardrails.stream import HeldText, HeldTooLong, Outcome, SseRedactor, redact_json
 
 log = logging.getLogger("outerloop.guardrails")
 
@@ -321,8 +319,3 @@ def _content_slots(slots: list[tuple[str, dict[str, Any], str]], where: str, hol
         for part in content:
             if isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(part.get("text"), str):
                 slots.append((where, part, "text"))
-
-
-@hookimpl
-def outerloop_register_filters(register: RegisterFilter) -> None:
-    register("guardrails", GuardrailsFilter.from_config, GuardrailsConfig)

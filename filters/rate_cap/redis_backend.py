@@ -13,8 +13,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from filters.rate_cap import RedisSettings
-from filters.rate_cap_memory import BackendUnavailable, Check, Outcome
+from filters.rate_cap.config import RedisSettings
+from filters.rate_cap.memory import BackendUnavailable, Check, Outcome
 
 # Times are Redis' own clock (TIME) in milliseconds, so proxies on different machines agree on them.
 # Numbers go out as formatted strings: Redis truncates Lua numbers to integers on the way back.

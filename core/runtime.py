@@ -1,0 +1,92 @@
+"""The runtime: everything built once from a loaded config and shared by all requests of one worker process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from core.asgi import Scope
+from core.chain import Chain
+from core.config import Config, Listener
+from core.errors import ConfigError
+from core.filter import FilterContext
+from core.plugins import Registry
+from core.providers import Adapter
+from core.providers.anthropic_upstream import (
+    AnthropicClientOpenAIUpstream,
+    OpenAIClientAnthropicUpstream,
+    anthropic_passthrough,
+)
+from core.providers.openai import openai_passthrough
+from core.upstream import Upstreams
+
+
+@dataclass(frozen=True)
+class ListenerChain:
+    listener: str
+    chain: Chain
+
+
+class Runtime:
+    """Everything built once from a config and shared by all requests of one worker process."""
+
+    def __init__(self, config: Config, registry: Registry) -> None:
+        if registry.problems:
+            raise ConfigError([f"{config.source}: plugins: {p}" for p in registry.problems])
+        self.config = config
+        self.registry = registry
+        self.upstreams = Upstreams(config)
+        self.tracer_provider = registry.manager.hook.outerloop_tracer_provider(config=config)
+        self.tracer = self.tracer_provider.get_tracer("outerloop") if self.tracer_provider is not None else None
+        self.access_log = config.server.access_log
+        self.observers: list[Callable[[Any, BaseException | None], None]] = []
+        registry.manager.hook.outerloop_register_observers(register=self.observers.append, config=config)
+        self.timeouts = {
+            p.model: {"connect": p.connect_timeout, "read": p.read_timeout, "write": p.read_timeout,
+                      "pool": p.connect_timeout}
+            for p in config.model_providers
+        }
+        self.chains = [ListenerChain(listener.name, self._build_chain(listener)) for listener in config.listeners]
+        self._by_port = {listener.port: chain for listener, chain in zip(config.listeners, self.chains)}
+        openai = openai_passthrough()
+        self._adapters: dict[tuple[str, str], Adapter] = {
+            ("openai", "openai"): openai,
+            ("openai", "demo"): openai,
+            ("openai", "anthropic"): OpenAIClientAnthropicUpstream(),
+            ("anthropic", "anthropic"): anthropic_passthrough(),
+            ("anthropic", "openai"): AnthropicClientOpenAIUpstream(),
+            ("anthropic", "demo"): AnthropicClientOpenAIUpstream(),
+        }
+
+    def _build_chain(self, listener: Listener) -> Chain:
+        filters = []
+        for spec in listener.filters:
+            entry = self.registry.filters[spec.name]
+            flt = entry.factory(spec.config, FilterContext(self.config, listener, self.upstreams.resolve))
+            flt.name = spec.name
+            filters.append(flt)
+        return Chain(filters, self.tracer)
+
+    def chain_for(self, scope: Scope) -> ListenerChain:
+        """The listener a request arrived on, by local port; the first one under a foreign bind."""
+        server = scope.get("server")
+        if server is not None:
+            found = self._by_port.get(server[1])
+            if found is not None:
+                return found
+        return self.chains[0]
+
+    def adapter(self, client_api: str, upstream_api: str) -> Adapter:
+        return self._adapters[(client_api, upstream_api)]
+
+    async def startup(self) -> None:
+        await self.registry.startup(self.config)
+        for item in self.chains:
+            await item.chain.start()
+
+    async def shutdown(self) -> None:
+        for item in self.chains:
+            await item.chain.close()
+        await self.upstreams.aclose()
+        await self.registry.shutdown(self.config)
