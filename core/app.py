@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -20,6 +20,9 @@ from core.plugins import Registry, build_registry
 from core.proxy import ProxyEndpoint
 from core.responses import send_body
 from core.runtime import Runtime
+
+if TYPE_CHECKING:
+    from core.hookspecs import Middleware
 
 log = logging.getLogger("outerloop")
 
@@ -40,7 +43,7 @@ class App:
             Route("/v1/models", _get_only(self.models)),
             Route("/healthz", _get_only(self.healthz)),
         ]
-        for entry in runtime.registry.routes(runtime.config):
+        for entry in runtime.registry.routes(runtime.config, runtime.state):
             routes.append(Route(entry.path, entry.endpoint, methods=list(entry.methods) or None))
         self.router = Router(routes=routes, default=_not_found)
 
@@ -82,10 +85,13 @@ class App:
                 return
 
     async def models(self, request: Request) -> Response:
-        data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": name.partition("/")[0]}
-            for name in [*self.runtime.upstreams.names(), *self.runtime.config.model_aliases]
-        ]
+        upstreams = self.runtime.upstreams
+        data = []
+        for name in [*upstreams.names(), *self.runtime.config.model_aliases]:
+            # An alias is owned by the provider of the model it points to.
+            target = upstreams.resolve(name)
+            owner = target.provider.provider if target is not None else name.partition("/")[0]
+            data.append({"id": name, "object": "model", "created": 0, "owned_by": owner})
         return JSONResponse({"object": "list", "data": data})
 
     async def healthz(self, request: Request) -> Response:
@@ -101,7 +107,7 @@ class _get_only:  # noqa: N801 - used like a decorator
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] not in ("GET", "HEAD"):
             body = error_body("openai", 405, f"method {scope['method']} not allowed on {scope['path']}; use GET",
-                              "method_not_allowed")
+                              "request.method_not_allowed")
             await send_body(send, 405, body, [(b"allow", b"GET, HEAD")])
             return
         response = await self.endpoint(Request(scope, receive))
@@ -112,16 +118,16 @@ async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         return
     api = "anthropic" if scope["path"].startswith("/v1/messages") else "openai"
-    await send_body(send, 404, error_body(api, 404, f"no endpoint {scope['path']}", "not_found"))
+    await send_body(send, 404, error_body(api, 404, f"no endpoint {scope['path']}", "request.not_found"))
 
 
 def build_app(config: Config, registry: Registry) -> ASGIApp:
     runtime = Runtime(config, registry)
     app: ASGIApp = App(runtime)
-    for impl in registry.manager.hook.outerloop_wrap_app.get_hookimpls():
-        wrapped = cast("ASGIApp | None", impl.function(app=app, config=config))
-        if wrapped is not None:
-            app = wrapped
+    middlewares: list[Middleware] = registry.manager.hook.outerloop_wrap_app(config=config, state=runtime.state)
+    # pluggy's first result is the outermost, so it is applied last (pluggy leaves out None results).
+    for middleware in reversed(middlewares):
+        app = middleware(app)
     if runtime.tracer_provider is not None:
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 

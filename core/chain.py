@@ -12,7 +12,7 @@ from core.flow import Flow
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
-    from core.upstream import Target
+    from core.target import Target
 
 log = logging.getLogger("outerloop.chain")
 
@@ -36,6 +36,8 @@ class Chain:
         self._complete = [f for f in backwards if _overrides(f, "on_complete")]
         #: True when some filter must see whole response bodies (the core buffers under a cap).
         self.buffers_response = any(f.buffers_response for f in self.filters)
+        #: True when some filter sets ``flow.principal``: a request without one learns no model names.
+        self.authenticates = any(f.authenticates for f in self.filters)
 
     @property
     def inspects_body(self) -> bool:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+import os
+import ssl
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 # Providers whose API shape and address are known; any other prefix is an OpenAI-compatible server and
 # needs a base_url (vLLM, Ollama, LM Studio, TGI...).
-T = TypeVar("T")
-
 KNOWN_PROVIDERS: dict[str, tuple[str, str | None]] = {
     "openai": ("openai", "https://api.openai.com/v1"),
     "anthropic": ("anthropic", "https://api.anthropic.com/v1"),
@@ -31,9 +42,55 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: The validation-context key under which the loader passes the config file's directory.
+CONFIG_DIR = "config_dir"
+
+
+def relative_to_config(value: str, info: ValidationInfo) -> str:
+    """`value` as a path relative to the config file's directory, so a config means the same from any cwd."""
+    path = Path(value).expanduser()
+    base = info.context.get(CONFIG_DIR) if isinstance(info.context, dict) else None
+    if base is None or path.is_absolute():
+        return str(path)
+    return str(Path(base) / path)
+
+
+def _readable_file(value: str) -> str:
+    try:
+        with open(value, "rb"):
+            pass
+    except FileNotFoundError:
+        raise PydanticCustomError("file_error", "file {path} not found", {"path": value}) from None
+    except IsADirectoryError:
+        raise PydanticCustomError("file_error", "{path} is a directory, expected a file", {"path": value}) from None
+    except OSError as exc:
+        raise PydanticCustomError("file_error", "cannot read file {path}: {reason}",
+                                  {"path": value, "reason": exc.strerror or str(exc)}) from None
+    return value
+
+
+#: A path in a config model (core or plugin): a relative one is resolved against the config file's directory.
+ConfigPath = Annotated[str, AfterValidator(relative_to_config)]
+#: A ConfigPath that must name a file outerloop can read when the config is loaded.
+ReadableFile = Annotated[ConfigPath, AfterValidator(_readable_file)]
+
+
 class TLS(Section):
-    cert: str
-    key: str
+    cert: ReadableFile = Field(description="PEM certificate chain (`outerloop certs DIR` makes a self-signed one)")
+    key: ReadableFile = Field(description="PEM private key, unencrypted")
+
+    @model_validator(mode="after")
+    def _pair_loads(self) -> TLS:
+        # Caught here, so `validate` finds it and `serve` never dies with an ssl traceback; an encrypted key
+        # fails too (password b"") rather than prompting on the terminal.
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.cert, self.key, password=b"")
+        except ssl.SSLError:
+            raise PydanticCustomError(
+                "file_error", "cannot use {cert} with {key}: expected a PEM certificate and its unencrypted PEM key",
+                {"cert": self.cert, "key": self.key},
+            ) from None
+        return self
 
 
 class FilterSpec(Section):
@@ -124,10 +181,44 @@ class Limits(Section):
     )
 
 
+class AccessLog(Section):
+    """Where the access log goes: one JSON object per line, apart from the diagnostic log on stderr."""
+
+    path: str = Field(default="stdout", description="`stdout`, or a file to append to (relative to the config file)")
+
+    @field_validator("path")
+    @classmethod
+    def _writable(cls, value: str, info: ValidationInfo) -> str:
+        if value == "stdout":
+            return value
+        path = Path(relative_to_config(value, info))
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory, expected a file")
+        if not path.parent.is_dir():
+            raise ValueError(f"directory {path.parent} not found")
+        if not os.access(path if path.exists() else path.parent, os.W_OK):
+            raise ValueError(f"cannot write to {path}")
+        return str(path)
+
+
+def _access_log_shorthand(value: Any) -> Any:
+    # `true` and `stdout` mean stdout; `false` (the default) means off; a mapping says where.
+    if value is True or value == "stdout":
+        return {}
+    if value is False:
+        return None
+    if isinstance(value, str):
+        raise ValueError("expected true, false, stdout or {path: FILE}")
+    return value
+
+
 class Server(Section):
     workers: int = Field(default=1, ge=1)
     drain_seconds: float = Field(default=10.0, ge=0, description="time open streams get to finish on shutdown")
-    access_log: bool = Field(default=False, description="one JSON line per request on the outerloop.access logger")
+    access_log: Annotated[
+        AccessLog | None,
+        BeforeValidator(_access_log_shorthand, json_schema_input_type=bool | Literal["stdout"] | AccessLog | None),
+    ] = Field(default=None, description="one JSON object per request: true or stdout, {path: FILE}, or false (off)")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
@@ -146,20 +237,6 @@ class Config(Section):
     sections: dict[str, Any] = {}
     # Where the config came from, so late errors can name it.
     source: str = "<config>"
-    # What plugins build from this config and share between their hooks and filters (a router model,
-    # a tracer provider, metric counters): made once per loaded config, gone with it.
-    _state: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     def section(self, name: str) -> Any:
         return self.sections.get(name)
-
-    def state(self, name: str, build: Callable[[], T]) -> T:
-        """The object a plugin keeps for this config under `name`, built on first use."""
-        if name not in self._state:
-            self._state[name] = build()
-        value: T = self._state[name]
-        return value
-
-    def drop_state(self, name: str) -> Any:
-        """Forget `name` (at shutdown) and return what was kept, or None."""
-        return self._state.pop(name, None)

@@ -6,10 +6,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from core.state import State
+
 if TYPE_CHECKING:
     from core.config import Config, Listener
     from core.flow import Flow
-    from core.upstream import Target
+    from core.target import Target
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,10 @@ class FilterContext:
     config: Config
     listener: Listener
     #: Resolves a model name (provider/id, bare id, alias) to its upstream target, None when unknown.
-    resolve_model: Callable[[str], Target | None]
+    resolve_model: Callable[[str | None], Target | None]
+    #: The runtime's state, one per loaded config: where filters of several listeners share what they build
+    #: (``context.state.get("routing.backend", build)``) and the plugin's hooks find it again.
+    state: State = field(default_factory=State)
 
 
 class Filter:
@@ -48,6 +53,9 @@ class Filter:
     #: Set when the filter must see whole response bodies (to block output); the core then buffers the
     #: upstream body up to ``limits.max_buffered_response_bytes`` before calling ``on_response_chunk``.
     buffers_response: bool = False
+    #: Set by filters that authenticate callers (set ``flow.principal``). On their listeners a request that
+    #: has no principal learns no model names (a 404 lists none).
+    authenticates: bool = False
 
     async def start(self) -> None:
         """Open resources (connections, models). Called once per worker before serving."""
@@ -56,7 +64,11 @@ class Filter:
         """Release what ``start`` opened. Called once per worker after draining."""
 
     async def on_request(self, flow: Flow) -> LocalReply | None:
-        """Inspect or change the request (``flow.json``, ``flow.headers``, ``flow.targets``); runs in YAML order."""
+        """Inspect or change the request (``flow.json``, ``flow.headers``); runs in YAML order, before any model
+        is resolved. State where the request should go on the flow's intent fields (``flow.principal``,
+        ``flow.pin``, ``flow.route``, or the model in ``flow.json``); the core turns them into
+        ``flow.targets`` after the last filter (``core.resolve`` documents the precedence).
+        """
         return None
 
     async def on_upstream_request(self, flow: Flow, target: Target) -> LocalReply | None:

@@ -3,10 +3,32 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from core.upstream import Target
+    from core.target import Target
+
+
+class Principal(Protocol):
+    """Who is calling, as an authenticating filter (``auth``) sets it on ``flow.principal``.
+
+    The core asks it which models the caller may use: when it resolves targets, when it filters a route's
+    models, and when it lists models in a 404.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def may_use(self, model: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """A router's choice for a request: the route's name and its models, in the order they are tried."""
+
+    name: str
+    models: tuple[str, ...]
 
 
 class Flow:
@@ -14,9 +36,9 @@ class Flow:
 
     __slots__ = (
         "request_id", "listener", "api", "method", "path", "client", "headers", "_body", "_json",
-        "model", "stream", "targets", "served_by", "principal", "session_id", "route", "annotations",
-        "state", "extra_headers", "response_status", "response_headers", "usage", "details", "attempts",
-        "started",
+        "model", "stream", "targets", "served_by", "principal", "session_id", "pin", "route", "annotations",
+        "state", "extra_headers", "response_status", "response_headers", "usage", "finish_reason", "ttft_ms",
+        "details", "attempts", "started",
     )
 
     def __init__(
@@ -48,13 +70,16 @@ class Flow:
         #: The model the client asked for, as written ("auto" and None mean: let the router decide).
         self.model: str | None = model if isinstance(model, str) and model else None
         self.stream = json_body.get("stream") is True
-        #: Upstream candidates in the order they are tried; set by model resolution and the router.
+        #: Upstream candidates in the order they are tried. Written by the core alone, after the
+        #: ``on_request`` filters, from the intent they stated below (see ``core.resolve``).
         self.targets: list[Target] = []
         self.served_by: Target | None = None
-        #: Who is calling (set by auth), the session (set by session), the chosen route (set by router).
-        self.principal: Any = None
+        #: Intent stated by filters. Who is calling (auth); the session (session); the model the session is
+        #: pinned to (session); the route chosen (router). The core turns these into ``targets``.
+        self.principal: Principal | None = None
         self.session_id: str | None = None
-        self.route: str | None = None
+        self.pin: str | None = None
+        self.route: RouteDecision | None = None
         #: Facts for traces, metrics and the access log (guardrail flags, router fallbacks...).
         self.annotations: dict[str, Any] = {}
         #: Per-filter scratch space, keyed by filter name.
@@ -63,12 +88,27 @@ class Flow:
         self.extra_headers: dict[str, str] = {}
         self.response_status: int | None = None
         self.response_headers: dict[str, str] = {}
-        #: OpenAI-shaped usage of the response, when a filter or the core parsed it.
-        self.usage: dict[str, Any] | None = None
+        #: Recorded by the core from every response, before its last event reaches the client:
+        #: OpenAI-shaped usage, the finish reason (OpenAI's words), and ms to the first body byte sent.
+        self.usage: dict[str, int] | None = None
+        self.finish_reason: str | None = None
+        self.ttft_ms: float | None = None
         #: The details code of the outcome when it was not a plain upstream answer.
         self.details: str | None = None
         self.attempts = 0
         self.started = started
+
+    def set_request(self, body: bytes, json_body: dict[str, Any]) -> None:
+        """The client's body, read and validated (the flow exists before, so a refusal is logged like any)."""
+        self._json = json_body
+        self.json_changed()
+        self._body = body
+
+    @property
+    def wants_stream_usage(self) -> bool:
+        """True when an OpenAI client asked for the usage chunk at the end of its stream."""
+        options = self._json.get("stream_options")
+        return isinstance(options, dict) and options.get("include_usage") is True
 
     @property
     def json(self) -> dict[str, Any]:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
+import sys
 import time
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -15,6 +18,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
     from core.asgi import Message, Send
+    from core.config import AccessLog
     from core.flow import Flow
 
 access_log = logging.getLogger("outerloop.access")
@@ -22,32 +26,63 @@ access_log = logging.getLogger("outerloop.access")
 
 def record(flow: Flow, error: BaseException | None) -> dict[str, Any]:
     """The facts of one request. Never headers or bodies: nothing here can carry a secret or a prompt."""
-    principal = getattr(flow.principal, "name", None)
+    elapsed = time.perf_counter() - flow.started
     served = flow.served_by
     usage = flow.usage or {}
     return {
+        # When the request arrived, in UTC.
+        "time": datetime.fromtimestamp(time.time() - elapsed, UTC).isoformat(timespec="milliseconds"),
         "request_id": flow.request_id,
         "listener": flow.listener,
-        "api": flow.api,
+        "method": flow.method,
         "path": flow.path,
         "status": flow.response_status,
-        "details": flow.details,
+        "duration_ms": round(elapsed * 1000, 3),
         "model": flow.model,
         "served_by": served.model if served is not None else None,
-        "route": flow.route,
+        "route": flow.route.name if flow.route is not None else None,
+        "principal": flow.principal.name if flow.principal is not None else None,
         "session_id": flow.session_id,
-        "principal": principal,
-        "stream": flow.stream,
-        "attempts": flow.attempts,
         "prompt_tokens": usage.get("prompt_tokens"),
         "completion_tokens": usage.get("completion_tokens"),
-        "duration_ms": round((time.perf_counter() - flow.started) * 1000, 3),
+        "total_tokens": usage.get("total_tokens"),
+        "ttft_ms": flow.ttft_ms,
+        "finish_reason": flow.finish_reason,
+        "attempts": flow.attempts,
+        "details": flow.details,
         "error": type(error).__name__ if error is not None else None,
     }
 
 
 def log_access(flow: Flow, error: BaseException | None) -> None:
     access_log.info(json.dumps(record(flow, error), separators=(",", ":")))
+
+
+def open_access_log(settings: AccessLog) -> logging.Handler:
+    """Write the access log as bare JSON lines to stdout or a file, and no longer into the log on stderr.
+
+    Undone by `close_access_log`. Until a server opens it (tests, an embedding app), access lines go
+    wherever the application's logging sends the `outerloop.access` logger.
+    """
+    handler: logging.Handler
+    if settings.path == "stdout":
+        handler = logging.StreamHandler(sys.stdout)
+    else:
+        # Reopens the file when logrotate moves it; appends, so worker processes can share one file.
+        handler = logging.handlers.WatchedFileHandler(settings.path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access_log.addHandler(handler)
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
+    return handler
+
+
+def close_access_log(handler: logging.Handler) -> None:
+    access_log.removeHandler(handler)
+    handler.close()
+    if not access_log.handlers:
+        access_log.propagate = True
+        access_log.setLevel(logging.NOTSET)
 
 
 def start_upstream_span(tracer: Tracer, flow: Flow) -> Span:

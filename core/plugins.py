@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from types import FrameType
+from typing import TYPE_CHECKING
 
 import pluggy
 from pydantic import BaseModel, ConfigDict
@@ -15,7 +17,8 @@ from core import hookspecs
 
 if TYPE_CHECKING:
     from core.config import Config
-    from core.filter import Filter, FilterContext
+    from core.hookspecs import Endpoint, FilterFactory
+    from core.state import State
 
 PROJECT = "outerloop"
 
@@ -31,23 +34,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.telemetry",
     "plugins.metrics",
 )
-
-FilterFactory = Callable[[Any, "FilterContext"], "Filter"]
-
-
-class RegisterFilter(Protocol):
-    def __call__(
-        self, name: str, factory: FilterFactory, config_model: type[BaseModel] | None = None,
-        terminal: bool = False,
-    ) -> None: ...
-
-
-class RegisterConfig(Protocol):
-    def __call__(self, name: str, model: type[BaseModel]) -> None: ...
-
-
-class RegisterRoute(Protocol):
-    def __call__(self, path: str, endpoint: Callable[..., Any], methods: Iterable[str] = ("POST",)) -> None: ...
 
 
 class NoConfig(BaseModel):
@@ -69,7 +55,7 @@ class FilterEntry:
 @dataclass(frozen=True)
 class RouteEntry:
     path: str
-    endpoint: Callable[..., Any]
+    endpoint: Endpoint
     methods: tuple[str, ...]
     plugin: str
 
@@ -83,20 +69,21 @@ class Registry:
     config_sections: dict[str, type[BaseModel]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
-    def routes(self, config: Config) -> list[RouteEntry]:
+    def routes(self, config: Config, state: State) -> list[RouteEntry]:
+        hook = self.manager.hook.outerloop_register_routes
         entries: list[RouteEntry] = []
-        for impl in self.manager.hook.outerloop_register_routes.get_hookimpls():
-            def register(path: str, endpoint: Callable[..., Any], methods: Iterable[str] = ("POST",),
-                         _plugin: str = impl.plugin_name) -> None:
-                entries.append(RouteEntry(path, endpoint, tuple(methods), _plugin))
-            impl.function(register=register, config=config)
+
+        def register(path: str, endpoint: Endpoint, methods: Iterable[str] = ("POST",)) -> None:
+            entries.append(RouteEntry(path, endpoint, tuple(methods), _calling_plugin(hook) or "-"))
+
+        hook(register=register, config=config, state=state)
         return entries
 
-    async def startup(self, config: Config) -> None:
-        await _await_all(self.manager.hook.outerloop_startup(config=config))
+    async def startup(self, config: Config, state: State) -> None:
+        await _await_all(self.manager.hook.outerloop_startup(config=config, state=state))
 
-    async def shutdown(self, config: Config) -> None:
-        await _await_all(self.manager.hook.outerloop_shutdown(config=config))
+    async def shutdown(self, config: Config, state: State) -> None:
+        await _await_all(self.manager.hook.outerloop_shutdown(config=config, state=state))
 
 
 async def _await_all(results: list[Awaitable[None] | None]) -> None:
@@ -127,25 +114,23 @@ def build_registry(extra_plugins: Iterable[object] = (), entry_points: bool = Tr
 
 def collect(manager: pluggy.PluginManager) -> Registry:
     registry = Registry(manager)
+    hook = manager.hook.outerloop_register_filters
     packages = {id(plugin): dist.project_name for plugin, dist in manager.list_plugin_distinfo()}
-    for impl in manager.hook.outerloop_register_filters.get_hookimpls():
-        package = packages.get(id(impl.plugin), "outerloop (built-in)" if _builtin(impl.plugin_name) else "-")
 
-        def register_filter(
-            name: str, factory: FilterFactory, config_model: type[BaseModel] | None = None,
-            terminal: bool = False, _plugin: str = impl.plugin_name, _package: str = package,
-        ) -> None:
-            if name in registry.filters:
-                other = registry.filters[name]
-                registry.problems.append(
-                    f"filter {name!r} registered by both {other.plugin} ({other.package}) and {_plugin} ({_package})"
-                )
-                return
-            registry.filters[name] = FilterEntry(
-                name, factory, config_model or NoConfig, terminal, _plugin, _package
+    def register_filter(name: str, factory: FilterFactory, config_model: type[BaseModel] | None = None,
+                        terminal: bool = False) -> None:
+        plugin = _calling_plugin(hook) or "-"
+        obj = manager.get_plugin(plugin)
+        package = packages.get(id(obj), "outerloop (built-in)" if plugin in BUILTIN_PLUGINS else "-")
+        if name in registry.filters:
+            other = registry.filters[name]
+            registry.problems.append(
+                f"filter {name!r} registered by both {other.plugin} ({other.package}) and {plugin} ({package})"
             )
+            return
+        registry.filters[name] = FilterEntry(name, factory, config_model or NoConfig, terminal, plugin, package)
 
-        impl.function(register=register_filter)
+    hook(register=register_filter)
 
     def register_config(name: str, model: type[BaseModel]) -> None:
         registry.config_sections[name] = model
@@ -154,5 +139,29 @@ def collect(manager: pluggy.PluginManager) -> Registry:
     return registry
 
 
-def _builtin(plugin_name: str) -> bool:
-    return plugin_name in BUILTIN_PLUGINS
+def _calling_plugin(hook: pluggy.HookCaller) -> str | None:
+    """The name of the plugin whose hookimpl of ``hook`` is calling a ``register`` callback right now.
+
+    pluggy calls the hookimpls itself (that is what makes partial arguments, ordering and wrappers work), so
+    the callback finds its caller on the stack: the nearest frame running one of the hook's implementations
+    (for a method, on that plugin object: two plugins may be instances of one class).
+    """
+    impls = hook.get_hookimpls()
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        for impl in impls:
+            if _runs(frame, impl.function):
+                return impl.plugin_name
+        frame = frame.f_back
+    return None
+
+
+def _runs(frame: FrameType, function: Callable[..., object]) -> bool:
+    target = inspect.unwrap(getattr(function, "__func__", function))
+    if getattr(target, "__code__", None) is not frame.f_code:
+        return False
+    owner = getattr(function, "__self__", None)
+    if owner is None:
+        return True
+    names = frame.f_code.co_varnames
+    return bool(names) and frame.f_locals.get(names[0]) is owner

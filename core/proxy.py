@@ -8,18 +8,21 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from core import observe
 from core.asgi import Receive, Scope, Send
-from core.errors import RequestError, error_body
+from core.errors import RequestError
+from core.exchange import Exchange
 from core.filter import LocalReply
 from core.flow import Flow
 from core.providers import Adapter
-from core.responses import raw_headers, send_body
+from core.resolve import resolve_targets
+from core.responses import raw_headers
 from core.upstream import RETRYABLE_STATUSES
+from core.usage import UsageMeter
 from core.validation import validate_chat
 
 if TYPE_CHECKING:
@@ -43,52 +46,46 @@ class ClientGone(Exception):
 
 
 class ProxyEndpoint:
-    """POST endpoint for one client API shape (`openai` chat completions or `anthropic` messages)."""
+    """POST endpoint for one client API shape (`openai` chat completions or `anthropic` messages).
+
+    The request path, in this order (docs/request-path.md): read and validate the body -> ``on_request``
+    filters -> the core resolves targets from what they stated (``core.resolve``) -> per attempt
+    ``on_upstream_request`` and the upstream call -> ``on_response`` -> body or stream, metered for usage,
+    through ``on_response_chunk`` -> ``on_complete`` and the observers. Stateless: each request's response
+    side is an :class:`~core.exchange.Exchange`.
+    """
 
     def __init__(self, runtime: Runtime, api: str) -> None:
         self.runtime = runtime
         self.api = api
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["method"] != "POST":
-            body = error_body(self.api, 405, f"method {scope['method']} not allowed on {scope['path']}; use POST",
-                              "method_not_allowed")
-            await send_body(send, 405, body, [(b"allow", b"POST")])
-            return
         runtime = self.runtime
         chain = runtime.chain_for(scope)
         started = time.perf_counter()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = headers.get("x-request-id") or uuid.uuid4().hex
-        try:
-            raw = await _read_body(receive, runtime.config.limits.max_request_body_bytes,
-                                   headers.get("content-length"))
-            try:
-                parsed = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise RequestError(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
-            except RecursionError:
-                raise RequestError(400, "request body is nested too deeply", "invalid_json") from None
-            request_json = validate_chat(parsed, self.api)
-        except ClientGone:
-            return
-        except RequestError as exc:
-            await send_body(send, exc.status, error_body(self.api, exc.status, exc.message, exc.code, exc.param),
-                            raw_headers({"x-request-id": request_id, **exc.headers}))
-            if runtime.access_log or runtime.observers:
-                # Refused before a flow existed: still one access-log line and one count.
-                refused = Flow(request_id=request_id, listener=chain.listener, api=self.api, method="POST",
-                               path=scope["path"], headers={}, body=b"", json_body={}, client=scope.get("client"),
-                               started=started)
-                refused.response_status, refused.details = exc.status, exc.code
-                self._observe(refused, None)
-            return
-        flow = Flow(request_id=request_id, listener=chain.listener, api=self.api, method="POST",
-                    path=scope["path"], headers=headers, body=raw, json_body=request_json, client=scope.get("client"),
+        flow = Flow(request_id=request_id, listener=chain.listener, api=self.api, method=scope["method"],
+                    path=scope["path"], headers=headers, body=b"", json_body={}, client=scope.get("client"),
                     started=started)
         if runtime.tracer is not None:
             send = observe.annotating(send, flow)
-        serving = asyncio.ensure_future(self._serve(flow, chain.chain, send))
+        exchange = Exchange(flow, send)
+        try:
+            if scope["method"] != "POST":
+                raise RequestError(405, f"method {scope['method']} not allowed on {scope['path']}; use POST",
+                                   "request.method_not_allowed", headers={"allow": "POST"})
+            raw = await _read_body(receive, runtime.config.limits.max_request_body_bytes,
+                                   headers.get("content-length"))
+            flow.set_request(raw, validate_chat(_parse(raw), self.api))
+        except ClientGone:
+            return
+        except RequestError as exc:
+            # Refused before any filter ran: still one access-log line and one count.
+            await exchange.reply(exc.status, exc.message, exc.code, exc.headers, exc.param)
+            self._observe(flow, None)
+            return
+        serving = asyncio.ensure_future(self._serve(exchange, chain.chain))
         watching = asyncio.ensure_future(_disconnected(receive))
         try:
             await asyncio.wait((serving, watching), return_when=asyncio.FIRST_COMPLETED)
@@ -102,61 +99,61 @@ class ProxyEndpoint:
             except asyncio.CancelledError:
                 pass
 
-    async def _serve(self, flow: Flow, chain: Chain, send: Send) -> None:
+    async def _serve(self, exchange: Exchange, chain: Chain) -> None:
+        flow = exchange.flow
+        runtime = self.runtime
         error: BaseException | None = None
         response: httpx.Response | None = None
-        state = _Sent()
-        tracer = self.runtime.tracer
+        meter: UsageMeter | None = None
         span = None
         try:
-            target = self.runtime.upstreams.resolve(flow.model)
-            if target is None and flow.model is not None and flow.model != "auto":
-                names = ", ".join(self.runtime.upstreams.names()) or "none configured"
-                await self._reply(flow, send, LocalReply(404, f"model {flow.model!r} is not served here "
-                                                         f"(available: {names})", "model_not_found"))
-                return
-            if target is not None:
-                flow.targets = [target]
             reply = await chain.on_request(flow)
+            if reply is None:
+                reply = resolve_targets(flow, runtime.upstreams, chain.authenticates)
             if reply is not None:
-                await self._reply(flow, send, reply)
+                await exchange.local_reply(reply)
                 return
-            if not flow.targets:
-                await self._reply(flow, send, LocalReply(
-                    400, "no model given and no default model is configured", "model_required"))
-                return
-            if tracer is not None:
-                span = observe.start_upstream_span(tracer, flow)
+            if runtime.tracer is not None:
+                span = observe.start_upstream_span(runtime.tracer, flow)
             dispatched = await self._dispatch(flow, chain, span)
             if isinstance(dispatched, LocalReply):
-                await self._reply(flow, send, dispatched)
+                await exchange.local_reply(dispatched)
                 return
             response, adapter = dispatched
             flow.response_status = response.status_code
             if response.status_code >= 400:
-                await self._upstream_error(flow, send, response, adapter)
+                await self._upstream_error(exchange, response, adapter)
                 return
             reply = await chain.on_response(flow)
             if reply is not None:
-                await self._reply(flow, send, reply)
+                await exchange.local_reply(reply)
                 return
-            await self._stream(flow, chain, send, response, adapter, state)
+            meter = UsageMeter(flow, stream=flow.stream, strip=_strips_usage(flow, adapter),
+                               cap=runtime.config.limits.max_buffered_response_bytes)
+            await self._relay(exchange, chain, response, adapter, meter)
         except asyncio.CancelledError as exc:
-            error = exc
+            # A client that hangs up once the stream's last event went out is done, not failed.
+            if not (exchange.finished or (meter is not None and meter.ended)):
+                error = exc
+                flow.details = flow.details or "client.disconnected"
             raise
         except RequestError as exc:
             error = exc
-            await self._fail(flow, send, state, exc.status, exc.message, exc.code)
+            await exchange.reply(exc.status, exc.message, exc.code, exc.headers, exc.param)
         except (httpx.TimeoutException, httpx.TransportError) as exc:
             error = exc
             timeout = isinstance(exc, httpx.TimeoutException)
-            status, code = (504, "upstream.timeout") if timeout else (502, "upstream.unavailable")
-            log.warning("upstream %s for request %s: %s", "timeout" if timeout else "failure", flow.request_id, exc)
-            await self._fail(flow, send, state, status, f"upstream {'timed out' if timeout else 'failed'}: {exc}", code)
+            # The log has the detail (host, port, library text); the client gets the request id.
+            log.warning("request %s: upstream %s: %s: %s", flow.request_id, "timeout" if timeout else "failure",
+                        type(exc).__name__, exc)
+            status, code, what = (504, "upstream.timeout", "timed out") if timeout else (
+                502, "upstream.unavailable", "could not be reached")
+            await exchange.reply(status, f"the upstream {what} (request {flow.request_id})", code)
         except Exception as exc:
             error = exc
             log.exception("request %s failed", flow.request_id)
-            await self._fail(flow, send, state, 500, "internal error in the proxy", "core.internal_error")
+            await exchange.reply(500, f"internal error in the proxy (request {flow.request_id})",
+                                 "core.internal_error")
         finally:
             if response is not None:
                 await response.aclose()
@@ -194,60 +191,55 @@ class ProxyEndpoint:
             except httpx.TransportError as exc:
                 if last:
                     raise
-                log.warning("model %s failed (%s); trying %s", target.model, exc, targets[i + 1].model)
+                log.warning("request %s: model %s failed (%s); trying %s", flow.request_id, target.model,
+                            type(exc).__name__, targets[i + 1].model)
                 continue
             if response.status_code in RETRYABLE_STATUSES and not last:
-                log.warning("model %s answered %d; trying %s", target.model, response.status_code,
-                            targets[i + 1].model)
+                log.warning("request %s: model %s answered %d; trying %s", flow.request_id, target.model,
+                            response.status_code, targets[i + 1].model)
                 await response.aclose()
                 continue
             flow.served_by = target
             return response, adapter
         raise AssertionError("dispatch called without targets")
 
-    async def _stream(self, flow: Flow, chain: Chain, send: Send, response: httpx.Response,
-                      adapter: Adapter, state: _Sent) -> None:
-        rewrites = adapter.rewrites_body or chain.inspects_body
+    async def _relay(self, exchange: Exchange, chain: Chain, response: httpx.Response, adapter: Adapter,
+                     meter: UsageMeter) -> None:
+        """The upstream's body to the client, metered, through the filters that inspect bodies."""
+        flow = exchange.flow
+        rewrites = adapter.rewrites_body or chain.inspects_body or meter.strip
         headers = _response_headers(response, flow, keep_length=not rewrites)
-        body = adapter.body(flow, response)
+        body = adapter.body(flow, meter.wrap(response.aiter_raw()))
         if chain.buffers_response:
             body = _buffered(body, self.runtime.config.limits.max_buffered_response_bytes)
+        status = response.status_code
         if not chain.inspects_body:
             async for chunk in body:
-                if not state.started:
-                    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-                    state.started = True
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if not exchange.started:
+                    await exchange.start(status, headers)
+                await exchange.body(chunk)
         else:
-            async for chunk in body:
-                out = await chain.on_response_chunk(flow, chunk, False)
-                if not await self._emit(flow, send, state, response.status_code, headers, out):
+            end = False
+            while True:
+                chunk = await anext(body, b"")
+                end = not chunk
+                out = await chain.on_response_chunk(flow, chunk, end)
+                if isinstance(out, LocalReply):
+                    await exchange.local_reply(out)
                     return
-            out = await chain.on_response_chunk(flow, b"", True)
-            if not await self._emit(flow, send, state, response.status_code, headers, out):
-                return
-        if not state.started:
-            await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-            state.started = True
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if out:
+                    if not exchange.started:
+                        await exchange.start(status, headers)
+                    await exchange.body(out)
+                if end:
+                    break
+        if not exchange.started:
+            await exchange.start(status, headers)
+        await exchange.end()
 
-    async def _emit(self, flow: Flow, send: Send, state: _Sent, status: int,
-                    headers: list[tuple[bytes, bytes]], out: bytes | LocalReply) -> bool:
-        if isinstance(out, LocalReply):
-            if state.started:
-                await self._end_stream_with_error(flow, send, out.status, _message(out), out.details)
-            else:
-                await self._reply(flow, send, out)
-            return False
-        if out:
-            if not state.started:
-                await send({"type": "http.response.start", "status": status, "headers": headers})
-                state.started = True
-            await send({"type": "http.response.body", "body": out, "more_body": True})
-        return True
-
-    async def _upstream_error(self, flow: Flow, send: Send, response: httpx.Response, adapter: Adapter) -> None:
+    async def _upstream_error(self, exchange: Exchange, response: httpx.Response, adapter: Adapter) -> None:
         """Upstream 4xx/5xx pass through with their body, in the client's API shape."""
+        flow = exchange.flow
         data = bytearray()
         async for chunk in response.aiter_raw():
             data += chunk
@@ -258,43 +250,21 @@ class ProxyEndpoint:
         flow.details = f"upstream.http_{response.status_code}"
         headers = [(k, v) for k, v in headers if k != b"content-type"]
         content_type = response.headers.get("content-type", "application/json").encode("latin-1")
-        await send_body(send, response.status_code, body, headers, content_type=content_type)
-
-    async def _reply(self, flow: Flow, send: Send, reply: LocalReply) -> None:
-        flow.details = reply.details
-        flow.response_status = reply.status
-        if isinstance(reply.body, str):
-            body = error_body(flow.api, reply.status, reply.body, reply.details)
-        else:
-            body = json.dumps(reply.body).encode()
-        headers = {"x-request-id": flow.request_id, **flow.extra_headers, **reply.headers}
-        await send_body(send, reply.status, body, raw_headers(headers))
-
-    async def _fail(self, flow: Flow, send: Send, state: _Sent, status: int, message: str, code: str) -> None:
-        flow.details = code
-        if state.started:
-            await self._end_stream_with_error(flow, send, status, message, code)
-        else:
-            flow.response_status = status
-            await send_body(send, status, error_body(flow.api, status, message, code),
-                            raw_headers({"x-request-id": flow.request_id, **flow.extra_headers}))
-
-    async def _end_stream_with_error(self, flow: Flow, send: Send, status: int, message: str, code: str) -> None:
-        """Headers are gone: end the SSE stream with an error event the SDKs raise on."""
-        payload = error_body(flow.api, status, message, code)
-        event = (b"event: error\ndata: " if flow.api == "anthropic" else b"data: ") + payload + b"\n\n"
-        await send({"type": "http.response.body", "body": event, "more_body": False})
+        await exchange.whole(response.status_code, body, headers, content_type=content_type)
 
 
-class _Sent:
-    __slots__ = ("started",)
+def _parse(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"request body is not valid JSON: {exc}", "request.invalid_json") from None
+    except RecursionError:
+        raise RequestError(400, "request body is nested too deeply", "request.invalid_json") from None
 
-    def __init__(self) -> None:
-        self.started = False
 
-
-def _message(reply: LocalReply) -> str:
-    return reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
+def _strips_usage(flow: Flow, adapter: Adapter) -> bool:
+    """True when the proxy asked an OpenAI-shaped stream for usage the client did not ask for."""
+    return flow.stream and adapter.requests_stream_usage and not flow.wants_stream_usage
 
 
 def _response_headers(response: httpx.Response, flow: Flow, keep_length: bool) -> list[tuple[bytes, bytes]]:
@@ -315,16 +285,16 @@ async def _buffered(body: AsyncIterator[bytes], cap: int) -> AsyncIterator[bytes
     async for chunk in body:
         data += chunk
         if len(data) > cap:
-            raise RequestError(502, f"response exceeds the buffer cap of {cap} bytes", "core.response_too_large")
+            raise RequestError(502, f"response exceeds the buffer cap of {cap} bytes", "upstream.response_too_large")
     yield bytes(data)
 
 
 async def _read_body(receive: Receive, limit: int, length: str | None) -> bytes:
     if length is not None:
         if not length.isdigit():
-            raise RequestError(400, "content-length is not a number", "invalid_content_length")
+            raise RequestError(400, "content-length is not a number", "request.invalid_content_length")
         if int(length) > limit:
-            raise RequestError(413, f"request body is larger than the limit of {limit} bytes", "request_too_large")
+            raise RequestError(413, f"request body is larger than the limit of {limit} bytes", "request.too_large")
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -334,7 +304,7 @@ async def _read_body(receive: Receive, limit: int, length: str | None) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise RequestError(413, f"request body is larger than the limit of {limit} bytes", "request_too_large")
+            raise RequestError(413, f"request body is larger than the limit of {limit} bytes", "request.too_large")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from core.asgi import Scope
 from core.chain import Chain
@@ -19,7 +18,13 @@ from core.providers.anthropic_upstream import (
     anthropic_passthrough,
 )
 from core.providers.openai import openai_passthrough
+from core.state import State
 from core.upstream import Upstreams
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
+    from core.hookspecs import Observer
 
 
 @dataclass(frozen=True)
@@ -37,11 +42,16 @@ class Runtime:
         self.config = config
         self.registry = registry
         self.upstreams = Upstreams(config)
-        self.tracer_provider = registry.manager.hook.outerloop_tracer_provider(config=config)
+        # What plugins build for this config (a model, a tracer provider, counters), shared by their hooks
+        # and filters and gone with the runtime; the config itself stays frozen data.
+        self.state = State()
+        self.tracer_provider: TracerProvider | None = registry.manager.hook.outerloop_tracer_provider(
+            config=config, state=self.state)
         self.tracer = self.tracer_provider.get_tracer("outerloop") if self.tracer_provider is not None else None
         self.access_log = config.server.access_log
-        self.observers: list[Callable[[Any, BaseException | None], None]] = []
-        registry.manager.hook.outerloop_register_observers(register=self.observers.append, config=config)
+        self.observers: list[Observer] = []
+        registry.manager.hook.outerloop_register_observers(register=self.observers.append, config=config,
+                                                           state=self.state)
         self.timeouts = {
             p.model: {"connect": p.connect_timeout, "read": p.read_timeout, "write": p.read_timeout,
                       "pool": p.connect_timeout}
@@ -63,7 +73,8 @@ class Runtime:
         filters = []
         for spec in listener.filters:
             entry = self.registry.filters[spec.name]
-            flt = entry.factory(spec.config, FilterContext(self.config, listener, self.upstreams.resolve))
+            context = FilterContext(self.config, listener, self.upstreams.resolve, self.state)
+            flt = entry.factory(spec.config, context)
             flt.name = spec.name
             filters.append(flt)
         return Chain(filters, self.tracer)
@@ -81,7 +92,7 @@ class Runtime:
         return self._adapters[(client_api, upstream_api)]
 
     async def startup(self) -> None:
-        await self.registry.startup(self.config)
+        await self.registry.startup(self.config, self.state)
         for item in self.chains:
             await item.chain.start()
 
@@ -89,4 +100,4 @@ class Runtime:
         for item in self.chains:
             await item.chain.close()
         await self.upstreams.aclose()
-        await self.registry.shutdown(self.config)
+        await self.registry.shutdown(self.config, self.state)

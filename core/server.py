@@ -6,7 +6,8 @@ import asyncio
 import logging
 import multiprocessing
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
 
@@ -16,9 +17,20 @@ from hypercorn.config import Sockets
 from hypercorn.utils import wrap_app
 
 from core.config import Config, Listener
+from core.observe import close_access_log, open_access_log
 from core.plugins import Registry, build_registry
 
 log = logging.getLogger("outerloop.server")
+
+
+def configure_logging(level: str = "info") -> None:
+    """Log lines to stderr at `level`, for the CLI and for each worker process."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # httpx logs every request at INFO: one line per proxied call is the access log's job, not httpx's.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def hypercorn_config(listener: Listener, config: Config) -> HypercornConfig:
@@ -88,10 +100,23 @@ def serve(config_path: str, workers: int | None = None, registry: Registry | Non
             _, trigger = _signal_trigger()
             await serve_listeners(app, config, trigger)
 
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with _access_log(config), asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(main())
         return 0
     return _serve_workers(config_path, config, count)
+
+
+@contextmanager
+def _access_log(config: Config) -> Iterator[None]:
+    """The access log opened where the config says, for as long as this process serves."""
+    if config.server.access_log is None:
+        yield
+        return
+    handler = open_access_log(config.server.access_log)
+    try:
+        yield
+    finally:
+        close_access_log(handler)
 
 
 def _serve_workers(config_path: str, config: Config, count: int) -> int:
@@ -120,7 +145,6 @@ def _serve_workers(config_path: str, config: Config, count: int) -> int:
 
 def _worker(config_path: str, sockets: list[Sockets], stop: ProcessEvent) -> None:
     from core.app import build_app
-    from core.cli import configure_logging
     from core.config_loader import load_config
     # The parent handles signals and tells workers through `stop`; a worker ignores SIGINT from the tty.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -133,5 +157,5 @@ def _worker(config_path: str, sockets: list[Sockets], stop: ProcessEvent) -> Non
         while not stop.is_set():
             await asyncio.sleep(0.2)
 
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with _access_log(config), asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(serve_listeners(app, config, stopped, sockets))

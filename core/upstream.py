@@ -1,15 +1,15 @@
-"""Upstream pools and dispatch: one httpx client per upstream, candidates tried in order on failure."""
+"""Upstream pools and model names: one httpx client per (API, base URL), names resolved to targets."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import httpx
 
 from core.config import Config, ModelProvider
 from core.providers.demo import DemoTransport
+from core.target import Target, Upstream
 from core.transport import AiohttpTransport
 
 log = logging.getLogger("outerloop.upstream")
@@ -17,47 +17,6 @@ log = logging.getLogger("outerloop.upstream")
 # Statuses after which the next candidate is tried: nothing reached the client yet, and another model
 # may well succeed (rate limited, overloaded, or broken upstream).
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
-
-
-class Upstream:
-    """One pooled client for one (API shape, base URL), shared by every model served there."""
-
-    __slots__ = ("api", "base_url", "client", "transport", "_urls")
-
-    def __init__(self, api: str, base_url: str, client: httpx.AsyncClient,
-                 transport: httpx.AsyncBaseTransport) -> None:
-        self.api = api
-        self.base_url = base_url
-        #: The pool's httpx client, for everything off the hot path (model lists, health checks).
-        self.client = client
-        #: The same pool's transport. Proxied calls go to it directly: the client layer (auth flows,
-        #: redirects, cookies, event hooks, per-request logging) has nothing to do for a proxy and
-        #: measured ~0.1 ms per request (bench/overhead.py).
-        self.transport = transport
-        self._urls: dict[str, httpx.URL] = {}
-
-    def url(self, path: str) -> httpx.URL:
-        """The parsed URL of an endpoint of this upstream, parsed once."""
-        url = self._urls.get(path)
-        if url is None:
-            url = self._urls[path] = httpx.URL(self.base_url + path)
-        return url
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A model a request can be sent to: its config entry and the pool that reaches it."""
-
-    provider: ModelProvider
-    upstream: Upstream
-
-    @property
-    def model(self) -> str:
-        return self.provider.model
-
-    @property
-    def model_id(self) -> str:
-        return self.provider.model_id
 
 
 class Upstreams:

@@ -30,13 +30,13 @@ _ROLES = {
 
 
 def _fail(param: str, message: str) -> RequestError:
-    return RequestError(400, message, "invalid_type", param)
+    return RequestError(400, message, "request.invalid_type", param)
 
 
 def validate_chat(body: Any, api: str) -> dict[str, Any]:
     """Check the request is an object with well-typed fields; return it. Unknown fields pass through."""
     if not isinstance(body, dict):
-        raise RequestError(400, "request body must be a JSON object", "invalid_json")
+        raise RequestError(400, "request body must be a JSON object", "request.invalid_json")
     for name, (types, expected) in _OPENAI_FIELDS.items():
         value = body.get(name)
         # bool is an int in Python; a JSON true is never a valid integer or number here.
@@ -44,7 +44,7 @@ def validate_chat(body: Any, api: str) -> dict[str, Any]:
             raise _fail(name, f"'{name}' must be {expected}, got {_json_type(value)}")
     messages = body.get("messages")
     if messages is None:
-        raise RequestError(400, "'messages' is required", "missing_field", "messages")
+        raise RequestError(400, "'messages' is required", "request.missing_field", "messages")
     if not isinstance(messages, list) or not messages:
         raise _fail("messages", f"'messages' must be a non-empty array, got {_json_type(messages)}")
     roles = _ROLES[api]
@@ -56,13 +56,13 @@ def validate_chat(body: Any, api: str) -> dict[str, Any]:
             raise _fail(f"messages[{i}].role", f"'messages[{i}].role' must be a string, got {_json_type(role)}")
         if role not in roles:
             raise RequestError(400, f"'messages[{i}].role' must be one of {sorted(roles)}, got {role!r}",
-                               "invalid_value", f"messages[{i}].role")
+                               "request.invalid_value", f"messages[{i}].role")
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
             raise _fail(f"messages[{i}].content",
                         f"'messages[{i}].content' must be a string or an array, got {_json_type(content)}")
     if api == "anthropic" and not isinstance(body.get("max_tokens"), int):
-        raise RequestError(400, "'max_tokens' is required", "missing_field", "max_tokens")
+        raise RequestError(400, "'max_tokens' is required", "request.missing_field", "max_tokens")
     return body
 
 

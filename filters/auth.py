@@ -22,8 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from core.filter import Filter, FilterContext, LocalReply
 from core.flow import Flow
-from core.hookspecs import hookimpl
-from core.plugins import RegisterFilter
+from core.hookspecs import RegisterFilter, hookimpl
 
 log = logging.getLogger("outerloop.auth")
 
@@ -116,7 +115,7 @@ class AuthConfig(BaseModel):
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling. Other filters read ``name``, ``models`` and ``metadata`` without importing this module."""
+    """Who is calling: a ``core.flow.Principal`` (``name``, ``may_use``) that the core and other filters read."""
 
     name: str
     #: Allowed model patterns (fnmatch globs); None means every model.
@@ -173,10 +172,17 @@ _JWT_ERRORS: tuple[tuple[type[Exception], str, str], ...] = (
 
 
 class AuthFilter(Filter):
-    """Admits requests that carry a known API key or a valid JWT; sets ``flow.principal``."""
+    """Admits requests that carry a known API key or a valid JWT; sets ``flow.principal``.
 
-    def __init__(self, settings: AuthConfig) -> None:
+    Which models the principal may use is enforced by the core when it resolves the request's targets.
+    """
+
+    authenticates = True
+
+    def __init__(self, settings: AuthConfig, keep_credentials: bool = False) -> None:
         self.settings = settings
+        #: A provider with `passthrough_auth` forwards the client's own credential; otherwise it is removed.
+        self.keep_credentials = keep_credentials
         self.realm = settings.realm.replace('"', "")
         self._keys: dict[str, tuple[str, Principal]] = {
             k.digest: (k.digest, Principal(k.name, tuple(k.models) if k.models is not None else None,
@@ -188,7 +194,7 @@ class AuthFilter(Filter):
 
     @classmethod
     def from_config(cls, settings: AuthConfig, context: FilterContext) -> AuthFilter:
-        return cls(settings)
+        return cls(settings, any(p.passthrough_auth for p in context.config.model_providers))
 
     async def on_request(self, flow: Flow) -> LocalReply | None:
         try:
@@ -202,12 +208,7 @@ class AuthFilter(Filter):
         flow.principal = principal
         flow.annotations["auth.principal"] = principal.name
         flow.annotations["auth.method"] = principal.method
-        forbidden = self._forbidden_model(flow, principal)
-        if forbidden is not None:
-            return LocalReply(403, f"principal {principal.name!r} may not use model {forbidden!r}",
-                              "auth.model_forbidden",
-                              {"www-authenticate": f'Bearer realm="{self.realm}", error="insufficient_scope"'})
-        if not any(t.provider.passthrough_auth for t in flow.targets):
+        if not self.keep_credentials:
             # The client's credential is for this proxy; it must not travel further (upstream, filter services).
             for name in _CREDENTIAL_HEADERS:
                 flow.headers.pop(name, None)
@@ -285,19 +286,6 @@ class AuthFilter(Filter):
                 raise _Rejected("auth.invalid_token", "token algorithm does not match its key")
             return jwk.key
         raise _Rejected("auth.invalid_token", "token algorithm is not accepted")
-
-    def _forbidden_model(self, flow: Flow, principal: Principal) -> str | None:
-        """The first model this request would reach that the principal may not use, if any."""
-        if principal.models is None:
-            return None
-        for i, target in enumerate(flow.targets):
-            # An alias the principal was granted covers the target it resolved to (the first one).
-            granted_alias = i == 0 and flow.model is not None and principal.may_use(flow.model)
-            if not (granted_alias or principal.may_use(target.model) or principal.may_use(target.model_id)):
-                return target.model
-        if not flow.targets and flow.model not in (None, "auto") and not principal.may_use(flow.model or ""):
-            return flow.model
-        return None
 
     def _unauthorized(self, exc: _Rejected) -> LocalReply:
         challenge = f'Bearer realm="{self.realm}"'

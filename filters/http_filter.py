@@ -13,8 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from core.errors import RequestError
 from core.filter import Filter, FilterContext, LocalReply
 from core.flow import Flow
-from core.hookspecs import hookimpl
-from core.plugins import RegisterFilter
+from core.hookspecs import RegisterFilter, hookimpl
 from core.validation import validate_chat
 
 log = logging.getLogger("outerloop.http_filter")
@@ -59,7 +58,6 @@ class HttpFilter(Filter):
         self.response_phase = "response" in settings.phases
         self.buffers_response = self.response_phase and settings.streams == "buffer"
         self.json_cap = context.config.limits.max_buffered_response_bytes
-        self.resolve_model = context.resolve_model
         self.forward = [name.lower() for name in settings.forward_headers]
         parts = urlsplit(settings.url)
         # Logged without userinfo or query string, which may hold credentials.
@@ -99,12 +97,8 @@ class HttpFilter(Filter):
             replacement = validate_chat(json.loads(answer), flow.api)
         except (ValueError, RequestError) as exc:
             return self._unavailable(flow, "request", _Unavailable(f"replacement is not a valid request: {exc}"))
-        model = flow.model
+        # A replacement naming another model is served by it: the core resolves targets after the filters.
         flow.json = replacement
-        if flow.model != model and flow.model is not None:
-            target = self.resolve_model(flow.model)
-            if target is not None:
-                flow.targets = [target]
         flow.annotations["http_filter.request"] = "replaced"
         return None
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -11,7 +10,7 @@ from starlette.responses import Response
 
 from core.config import Config
 from core.flow import Flow
-from core.hookspecs import hookimpl
+from core.hookspecs import RegisterConfig, RegisterObserver, RegisterRoute, State, hookimpl
 
 
 class Metrics(BaseModel):
@@ -80,33 +79,28 @@ def _elapsed(flow: Flow) -> float:
     return time.perf_counter() - flow.started
 
 
-def _metrics_for(config: Config) -> RequestMetrics | None:
-    """One set of counters per loaded config, shared by its observer and its endpoint."""
+def _metrics_for(config: Config, state: State) -> RequestMetrics | None:
+    """One set of counters per runtime, shared by its observer and its endpoint."""
     settings: Metrics = config.section("metrics")
     if settings is None or not settings.enabled:
         return None
-    return config.state("metrics", RequestMetrics)
+    return state.get("metrics", RequestMetrics)
 
 
 @hookimpl
-def outerloop_register_config(register: Any) -> None:
+def outerloop_register_config(register: RegisterConfig) -> None:
     register("metrics", Metrics)
 
 
 @hookimpl
-def outerloop_register_observers(register: Any, config: Config) -> None:
-    metrics = _metrics_for(config)
+def outerloop_register_observers(register: RegisterObserver, config: Config, state: State) -> None:
+    metrics = _metrics_for(config, state)
     if metrics is not None:
         register(metrics.observe)
 
 
 @hookimpl
-def outerloop_register_routes(register: Any, config: Config) -> None:
-    metrics = _metrics_for(config)
+def outerloop_register_routes(register: RegisterRoute, config: Config, state: State) -> None:
+    metrics = _metrics_for(config, state)
     if metrics is not None:
         register(config.section("metrics").path, metrics.endpoint, methods=("GET",))
-
-
-@hookimpl
-def outerloop_shutdown(config: Config) -> None:
-    config.drop_state("metrics")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.config import Config
-from core.hookspecs import hookimpl
+from core.hookspecs import RegisterConfig, State, hookimpl
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger("outerloop.telemetry")
 
@@ -27,19 +30,19 @@ class Tracing(BaseModel):
 
 
 @hookimpl
-def outerloop_register_config(register: Any) -> None:
+def outerloop_register_config(register: RegisterConfig) -> None:
     register("tracing", Tracing)
 
 
 @hookimpl
-def outerloop_tracer_provider(config: Config) -> Any:
+def outerloop_tracer_provider(config: Config, state: State) -> TracerProvider | None:
     tracing: Tracing = config.section("tracing")
     if tracing is None or not tracing.enabled:
         return None
-    return config.state("telemetry.provider", lambda: _provider(tracing))
+    return state.get("telemetry.provider", lambda: _provider(tracing))
 
 
-def _provider(tracing: Tracing) -> Any:
+def _provider(tracing: Tracing) -> TracerProvider:
     """One provider per loaded config and process, flushed and shut down with it."""
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -62,7 +65,9 @@ def _provider(tracing: Tracing) -> Any:
 
 
 @hookimpl
-def outerloop_shutdown(config: Config) -> None:
-    provider = config.drop_state("telemetry.provider")
+def outerloop_shutdown(state: State) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = state.pop("telemetry.provider", TracerProvider)
     if provider is not None:
         provider.shutdown()

@@ -27,6 +27,17 @@ from core.plugins import Registry, build_registry
 from core.server import serve_listeners
 
 
+def eventually(check: Any, timeout: float = 5.0) -> Any:
+    """The first truthy result of ``check()`` within ``timeout`` seconds (for work a proxy finishes after the
+    client has its last byte: settling, logging, counting); the last result if none came."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.01)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

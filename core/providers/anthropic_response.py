@@ -170,7 +170,7 @@ def openai_error_to_anthropic(body: bytes, status: int) -> bytes:
     elif isinstance(error, str):
         message = error
     message = message or data.get("message") or data.get("detail")
-    error = anthropic_error(status, _error_text(message, body, status), str(code or "upstream_error"))
+    error = anthropic_error(status, _error_text(message, body, status), f"upstream.{code or 'error'}")
     return compact_json(error).encode()
 
 
@@ -178,7 +178,8 @@ def anthropic_error_to_openai(body: bytes, status: int) -> bytes:
     error = _error_json(body).get("error")
     error = error if isinstance(error, dict) else {}
     code = error["type"] if isinstance(error.get("type"), str) else anthropic_error_type(status)
-    return compact_json(openai_error(status, _error_text(error.get("message"), body, status), code)).encode()
+    message = _error_text(error.get("message"), body, status)
+    return compact_json(openai_error(status, message, f"upstream.{code}")).encode()
 
 
 def _error_json(body: bytes) -> dict[str, Any]:

@@ -60,7 +60,7 @@ class AnthropicToOpenAIStream:
     def close(self) -> bytes:
         out = b"".join(self._event(event, data) for event, data in self._decoder.close())
         if not self._done:
-            out += self._error(500, "upstream stream ended before message_stop", "api_error")
+            out += self._error(500, "upstream stream ended before message_stop", "upstream.stream_truncated")
         return out
 
     def _event(self, event: str, data: str) -> bytes:
@@ -104,7 +104,7 @@ class AnthropicToOpenAIStream:
             error = _object(payload.get("error"))
             error_type = _text_or(error.get("type"), "api_error")
             text = _text_or(error.get("message"), "upstream error")
-            return self._error(anthropic_error_status(error_type), text, error_type)
+            return self._error(anthropic_error_status(error_type), text, f"upstream.{error_type}")
         return b""  # content_block_stop, and event types newer than this code
 
     def _count(self, usage: object) -> None:
@@ -149,7 +149,7 @@ class OpenAIToAnthropicStream:
             return out
         if self._finish_reason is not None:  # some servers stop after the finish chunk without [DONE]
             return out + self._finish()
-        return out + self._error(500, "upstream stream ended before finish_reason", "api_error")
+        return out + self._error(500, "upstream stream ended before finish_reason", "upstream.stream_truncated")
 
     def _event(self, event: str, data: str) -> bytes:
         if self._done:
@@ -159,7 +159,7 @@ class OpenAIToAnthropicStream:
         payload = _payload(data, event)
         if payload.get("error") is not None:
             error = _object(payload["error"])
-            code = str(error.get("code") or error.get("type") or "upstream_error")
+            code = "upstream." + str(error.get("code") or error.get("type") or "error")
             message = _text_or(error.get("message"), "upstream error")
             return self._error(anthropic_error_status(error.get("type")), message, code)
         out = b"" if self._started else self._start(payload.get("id"))

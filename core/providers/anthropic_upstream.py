@@ -26,15 +26,13 @@ from core.providers.anthropic_response import (
 )
 from core.providers.anthropic_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 from core.providers.openai import Passthrough, bearer_headers, upstream_body
-from core.upstream import Target
+from core.target import Target
 
 # Anthropic request headers a client may set that change behaviour upstream (betas, versions).
 _ANTHROPIC_CLIENT_HEADERS = ("anthropic-version", "anthropic-beta")
 
 
 class _StreamTranslator(Protocol):
-    usage: dict[str, Any] | None
-
     def feed(self, data: bytes) -> bytes: ...
 
     def close(self) -> bytes: ...
@@ -61,17 +59,12 @@ def anthropic_headers(flow: Flow, target: Target) -> list[tuple[str, str]]:
     return headers
 
 
-async def _whole(response: httpx.Response) -> bytes:
-    data = bytearray()
-    async for chunk in response.aiter_raw():
-        data += chunk
-    return bytes(data)
-
-
 class _TranslatingAdapter(ABC):
     """Requests and answers cross API shapes: the subclasses say how, this runs it."""
 
     rewrites_body = True
+    #: The translators read the usage chunk themselves; the client never sees an upstream's chunk as it is.
+    requests_stream_usage = False
     path = ""
 
     @abstractmethod
@@ -84,36 +77,33 @@ class _TranslatingAdapter(ABC):
     def stream_translator(self, flow: Flow, model: str) -> _StreamTranslator: ...
 
     @abstractmethod
-    def translate_response(self, body: dict[str, Any], model: str) -> tuple[dict[str, Any], Any]:
-        """The client's body, and the OpenAI-shaped usage (kept on the flow for filters and metrics)."""
+    def translate_response(self, body: dict[str, Any], model: str) -> dict[str, Any]:
+        """The client's body from the upstream's."""
 
     def request(self, flow: Flow, target: Target) -> httpx.Request:
         try:
             body = encode_json(self.translate_request(flow.json, target.model_id))
         except TranslationError as exc:
-            raise RequestError(400, str(exc), "invalid_request", exc.field) from None
+            raise RequestError(400, str(exc), "request.untranslatable", exc.field) from None
         return httpx.Request("POST", target.upstream.url(self.path), headers=self.headers(flow, target),
                              content=body)
 
-    async def body(self, flow: Flow, response: httpx.Response) -> AsyncIterator[bytes]:
+    async def body(self, flow: Flow, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         model = flow.served_by.model_id if flow.served_by else flow.model or ""
         if flow.stream:
             translator = self.stream_translator(flow, model)
-            async for chunk in response.aiter_raw():
+            async for chunk in chunks:
                 out = translator.feed(chunk)
                 if out:
                     yield out
             tail = translator.close()
-            flow.usage = translator.usage
             if tail:
                 yield tail
             return
         data = bytearray()
-        async for chunk in response.aiter_raw():
+        async for chunk in chunks:
             data += chunk
-        translated, usage = self.translate_response(json.loads(data), model)
-        flow.usage = usage if isinstance(usage, dict) else None
-        yield encode_json(translated)
+        yield encode_json(self.translate_response(json.loads(data), model))
 
 
 class OpenAIClientAnthropicUpstream(_TranslatingAdapter):
@@ -124,12 +114,10 @@ class OpenAIClientAnthropicUpstream(_TranslatingAdapter):
     translate_request = staticmethod(openai_to_anthropic_request)
 
     def stream_translator(self, flow: Flow, model: str) -> _StreamTranslator:
-        options = flow.json.get("stream_options")
-        return AnthropicToOpenAIStream(model, isinstance(options, dict) and options.get("include_usage") is True)
+        return AnthropicToOpenAIStream(model, flow.wants_stream_usage)
 
-    def translate_response(self, body: dict[str, Any], model: str) -> tuple[dict[str, Any], Any]:
-        translated = anthropic_to_openai_response(body, model)
-        return translated, translated.get("usage")
+    def translate_response(self, body: dict[str, Any], model: str) -> dict[str, Any]:
+        return anthropic_to_openai_response(body, model)
 
     def error_body(self, flow: Flow, status: int, body: bytes) -> bytes:
         return anthropic_error_to_openai(body, status)
@@ -145,8 +133,8 @@ class AnthropicClientOpenAIUpstream(_TranslatingAdapter):
     def stream_translator(self, flow: Flow, model: str) -> _StreamTranslator:
         return OpenAIToAnthropicStream(model)
 
-    def translate_response(self, body: dict[str, Any], model: str) -> tuple[dict[str, Any], Any]:
-        return openai_to_anthropic_response(body, model), body.get("usage")
+    def translate_response(self, body: dict[str, Any], model: str) -> dict[str, Any]:
+        return openai_to_anthropic_response(body, model)
 
     def error_body(self, flow: Flow, status: int, body: bytes) -> bytes:
         return openai_error_to_anthropic(body, status)

@@ -7,15 +7,23 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 
 from core.flow import Flow, encode_json
-from core.upstream import Target
+from core.target import Target
 
 
-def upstream_body(flow: Flow, model_id: str) -> bytes:
-    """The client's own bytes when they already name the upstream's model id; else the JSON re-encoded."""
-    if flow.json.get("model") == model_id:
+def upstream_body(flow: Flow, model_id: str, stream_usage: bool = False) -> bytes:
+    """The client's own bytes when they already name the upstream's model id; else the JSON re-encoded.
+
+    With ``stream_usage`` a stream asks for OpenAI's usage chunk (``stream_options.include_usage``), so the
+    core can count every request; it removes the chunk again when the client did not ask for it.
+    """
+    ask = stream_usage and flow.stream and not flow.wants_stream_usage
+    if flow.json.get("model") == model_id and not ask:
         return flow.body
     body = dict(flow.json)
     body["model"] = model_id
+    if ask:
+        options = body.get("stream_options")
+        body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     return encode_json(body)
 
 
@@ -42,16 +50,18 @@ class Passthrough:
 
     rewrites_body = False
 
-    def __init__(self, path: str, headers: Callable[[Flow, Target], list[tuple[str, str]]]) -> None:
+    def __init__(self, path: str, headers: Callable[[Flow, Target], list[tuple[str, str]]],
+                 requests_stream_usage: bool = False) -> None:
         self.path = path
         self.headers = headers
+        self.requests_stream_usage = requests_stream_usage
 
     def request(self, flow: Flow, target: Target) -> httpx.Request:
         return httpx.Request("POST", target.upstream.url(self.path), headers=self.headers(flow, target),
-                             content=upstream_body(flow, target.model_id))
+                             content=upstream_body(flow, target.model_id, self.requests_stream_usage))
 
-    def body(self, flow: Flow, response: httpx.Response) -> AsyncIterator[bytes]:
-        return response.aiter_raw()
+    def body(self, flow: Flow, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        return chunks
 
     def error_body(self, flow: Flow, status: int, body: bytes) -> bytes:
         return body
@@ -59,4 +69,4 @@ class Passthrough:
 
 def openai_passthrough() -> Passthrough:
     """OpenAI client, OpenAI-shaped upstream."""
-    return Passthrough("/chat/completions", bearer_headers)
+    return Passthrough("/chat/completions", bearer_headers, requests_stream_usage=True)

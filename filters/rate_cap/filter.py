@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from core.filter import Filter, FilterContext, LocalReply
 from core.flow import Flow
-from core.upstream import Target
+from core.target import Target
 from filters.rate_cap.config import Cap, RateCapConfig
-from filters.rate_cap.memory import Backend, BackendUnavailable, Check, Kind, MemoryBackend, Outcome
-from filters.rate_cap.usage import UsageReader, estimate_input_tokens
+from filters.rate_cap.memory import Backend, BackendUnavailable, Check, MemoryBackend, Outcome
+from filters.rate_cap.usage import estimate_input_tokens
 
 log = logging.getLogger("outerloop.rate_cap")
 
@@ -28,7 +28,6 @@ class _Admission:
     checks: list[Check]
     lease: str
     estimate: int = 0
-    reader: UsageReader | None = None
     settled: bool = False
 
 
@@ -59,8 +58,7 @@ class RateCapFilter(Filter):
             backend = RedisBackend(settings.redis, settings.concurrency_lease_seconds)
         else:
             backend = MemoryBackend()
-        kind = TokenRateCapFilter if any(cap.kind == "tokens" for cap in settings.caps) else RateCapFilter
-        return kind(settings, backend, context.listener.name)
+        return cls(settings, backend, context.listener.name)
 
     async def start(self) -> None:
         await self.backend.start()
@@ -112,11 +110,7 @@ class RateCapFilter(Filter):
         flow.state[self.name] = admission
         tightest = min(outcomes, key=lambda o: o.remaining / o.limit)
         flow.extra_headers.update(_headers(tightest))
-        self.prepare(flow, admission)
         return None
-
-    def prepare(self, flow: Flow, admission: _Admission) -> None:
-        """Hook for the token-counting variant: arrange to see the response's usage."""
 
     def _backend_failed(self, flow: Flow, exc: BackendUnavailable) -> LocalReply | None:
         closed = self.settings.on_backend_error == "fail_closed"
@@ -147,10 +141,10 @@ class RateCapFilter(Filter):
         admission.settled = True
         releases = [c for c in admission.checks if c.kind == "concurrent"]
         debits: list[tuple[Check, float]] = []
-        if admission.reader is not None:
-            usage = admission.reader.usage
+        if self.counts_tokens:
+            # The core records usage from every response (core.usage); the estimate is corrected by it.
+            usage = flow.usage
             if usage is not None:
-                flow.usage = flow.usage or usage
                 amount = float(usage["total_tokens"] - admission.estimate)
             elif flow.attempts == 0 or (flow.response_status or 0) >= 400:
                 amount = -float(admission.estimate)  # no tokens were spent: give the estimate back
@@ -176,34 +170,13 @@ class RateCapFilter(Filter):
             self._unsettled.popleft()
 
 
-class TokenRateCapFilter(RateCapFilter):
-    """The variant with token caps: it reads usage from response bodies (a plain cap never touches bodies)."""
-
-    def prepare(self, flow: Flow, admission: _Admission) -> None:
-        strip = False
-        if flow.stream and flow.api == "openai":
-            options = flow.json.get("stream_options")
-            if not (isinstance(options, dict) and options.get("include_usage") is True):
-                flow.json["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-                flow.json_changed()
-                strip = True
-        admission.reader = UsageReader(flow.stream, strip)
-
-    async def on_response_chunk(self, flow: Flow, chunk: bytes, end: bool) -> bytes | LocalReply:
-        admission = flow.state.get(self.name)
-        if not isinstance(admission, _Admission) or admission.reader is None:
-            return chunk
-        return admission.reader.feed(chunk, end)
-
-
 def _part(flow: Flow, part: str) -> str:
     if part == "principal":
-        name = getattr(flow.principal, "name", None)
-        return str(name) if name else "-"
+        return flow.principal.name if flow.principal is not None else "-"
     if part == "model":
         return flow.targets[0].model if flow.targets else flow.model or "-"
     if part == "route":
-        return flow.route or "-"
+        return flow.route.name if flow.route is not None else "-"
     if part == "client_ip":
         return flow.client[0] if flow.client else "-"
     if part == "global":

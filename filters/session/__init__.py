@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from core.hookspecs import hookimpl
-from core.plugins import RegisterFilter
+from core.hookspecs import RegisterFilter, hookimpl
 from filters.session.filter import SessionConfig, SessionFilter
 
 

@@ -53,7 +53,6 @@ class SessionFilter(Filter):
     def __init__(self, settings: SessionConfig, context: FilterContext) -> None:
         self.settings = settings
         self.header = settings.header.lower()
-        self.resolve_model = context.resolve_model
         self.store: PinStore | None = None
         self._last_warning = 0.0
 
@@ -98,13 +97,13 @@ class SessionFilter(Filter):
             model = await self.store.get(session_id)
         except StoreUnavailable as exc:
             return self._store_failed(flow, exc)
-        target = self.resolve_model(model) if model else None
-        if target is None:
+        if model is None:
             return None
-        flow.targets = [target, *(t for t in flow.targets if t.model != target.model)]
+        # Intent only: the core puts the pinned model first when it resolves targets (core.resolve).
+        flow.pin = model
         state["pinned"] = True
         flow.annotations["session.pinned"] = True
-        flow.annotations["session.pinned_model"] = target.model
+        flow.annotations["session.pinned_model"] = model
         return None
 
     async def on_response(self, flow: Flow) -> LocalReply | None:
@@ -115,7 +114,7 @@ class SessionFilter(Filter):
             return None
         if flow.response_status is not None and flow.response_status >= 400:
             return None
-        if state["pinned"] and flow.annotations.get("session.pinned_model") == served.model:
+        if state["pinned"] and flow.pin == served.model:
             return None  # the pin was read (and its idle TTL refreshed) for this very request
         try:
             await self.store.set(state["id"], served.model)
@@ -137,9 +136,8 @@ class SessionFilter(Filter):
         first_user = _first(messages, ("user",))
         if not first_system and not first_user:
             return None, None
-        principal = flow.principal
-        who = getattr(principal, "name", None) or (principal if isinstance(principal, str) else "")
-        digest = hashlib.sha256("\x1f".join((flow.listener, str(who), first_system, first_user)).encode())
+        who = flow.principal.name if flow.principal is not None else ""
+        digest = hashlib.sha256("\x1f".join((flow.listener, who, first_system, first_user)).encode())
         return "s-" + digest.hexdigest()[:32], True
 
     def _store_failed(self, flow: Flow, exc: StoreUnavailable) -> LocalReply | None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
 
 from core.asgi import Receive, Scope, Send
-from core.config import Config
 from core.errors import error_body
-from core.hookspecs import hookimpl
+from core.hookspecs import RegisterConfig, RegisterFilter, RegisterRoute, hookimpl
 from core.proxy import ProxyEndpoint
 from core.responses import send_body
 from plugins.routing.config import Routing, RoutingPreferences
@@ -15,13 +14,13 @@ from plugins.routing.filter import DECISION_PATH, RouterFilter, build_router
 
 
 @hookimpl
-def outerloop_register_config(register: Any) -> None:
+def outerloop_register_config(register: RegisterConfig) -> None:
     register("routing", Routing)
     register("routing_preferences", RoutingPreferences)
 
 
 @hookimpl
-def outerloop_register_filters(register: Any) -> None:
+def outerloop_register_filters(register: RegisterFilter) -> None:
     register("router", build_router, None, True)
 
 
@@ -41,13 +40,13 @@ class DecisionEndpoint:
 
 
 @hookimpl
-def outerloop_register_routes(register: Any, config: Config) -> None:
+def outerloop_register_routes(register: RegisterRoute) -> None:
     # No method filter here: the endpoint answers other methods itself, in the API's error shape.
     register(DECISION_PATH, DecisionEndpoint(), methods=())
 
 
 @hookimpl
-def outerloop_register_commands(subparsers: Any) -> None:
+def outerloop_register_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from plugins.routing.commands import add_commands
 
     add_commands(subparsers)

@@ -1,17 +1,18 @@
-"""The `router` filter: picks a route for the conversation and sets the flow's targets to its models."""
+"""The `router` filter: picks a route for the conversation and states it on the flow (`flow.route`)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from router_model.backend import Decision
 
 from core.errors import ConfigError
 from core.filter import Filter, FilterContext, LocalReply
-from core.flow import Flow
-from core.upstream import Target
+from core.flow import Flow, RouteDecision
+from core.target import Target
 from plugins.routing.backends import SharedBackend
 from plugins.routing.config import Routing, preferences
 
@@ -25,10 +26,13 @@ FALLBACK_HEADER = "x-outerloop-route-fallback"
 class RouterFilter(Filter):
     """Terminal filter (like Envoy's router). Never fails a request: a router failure means the default."""
 
-    def __init__(self, shared: SharedBackend, routing: Routing, targets: dict[str, list[Target]]) -> None:
+    def __init__(self, shared: SharedBackend, routing: Routing, models: dict[str, tuple[str, ...]],
+                 resolve_model: Callable[[str | None], Target | None]) -> None:
         self.shared = shared
+        self.resolve_model = resolve_model
         self.routing = routing
-        self.targets = targets
+        #: Each route's models (configured provider/id names), in the order they are tried.
+        self.models = models
         self.budget = routing.budget_ms / 1000
 
     async def start(self) -> None:
@@ -41,28 +45,34 @@ class RouterFilter(Filter):
         decision_only = flow.path == DECISION_PATH
         started = time.perf_counter()
         decision: Decision | None = None
-        pinned = bool(flow.annotations.get("session.pinned"))
+        pinned = flow.pin is not None
         if pinned:
             flow.annotations["router.skipped"] = "pinned"
         elif decision_only or self.routing.route_named_models or flow.model in (None, "auto"):
             decision = await self._decide(flow)
-            if decision is not None and decision.route in self.targets:
-                allowed = _allowed(flow, self.targets[decision.route])
+            if decision is not None and decision.route in self.models:
+                allowed = _allowed(flow, self.models[decision.route])
                 if allowed:
-                    flow.route = decision.route
-                    flow.targets = allowed
+                    flow.route = RouteDecision(decision.route, allowed)
                 else:
                     flow.annotations["router.skipped"] = "models_forbidden"
-            flow.annotations["router.route"] = flow.route or "other"
+            name = flow.route.name if flow.route is not None else "other"
+            flow.annotations["router.route"] = name
             # Clients see what the router did, as they see the model that served them (x-outerloop-model).
-            flow.extra_headers[ROUTE_HEADER] = flow.route or "other"
+            flow.extra_headers[ROUTE_HEADER] = name
             if "router.fallback" in flow.annotations:
                 flow.extra_headers[FALLBACK_HEADER] = flow.annotations["router.fallback"]
         if not decision_only:
             return None
+        route = flow.route
+        if route is not None:
+            models = list(route.models)
+        else:  # what the core will serve: the named model, or the default
+            target = self.resolve_model(flow.model)
+            models = [target.model] if target is not None else []
         body: dict[str, Any] = {
-            "route": flow.route,
-            "models": [t.model for t in flow.targets],
+            "route": route.name if route is not None else None,
+            "models": models,
             "session_id": flow.session_id,
             "pinned": pinned,
             "latency_ms": round((time.perf_counter() - started) * 1000, 3),
@@ -94,12 +104,12 @@ class RouterFilter(Filter):
         self.shared.log_once(reason, detail)
 
 
-def _allowed(flow: Flow, targets: list[Target]) -> list[Target]:
-    """The route's models the caller may use: auth checked the requested model, the router checks its own."""
-    may_use = getattr(flow.principal, "may_use", None)
-    if may_use is None:
-        return list(targets)
-    return [t for t in targets if may_use(t.model) or may_use(t.model_id)]
+def _allowed(flow: Flow, models: tuple[str, ...]) -> tuple[str, ...]:
+    """The route's models the caller may use (the core checks again; choosing among them is the router's)."""
+    principal = flow.principal
+    if principal is None:
+        return models
+    return tuple(m for m in models if principal.may_use(m) or principal.may_use(m.partition("/")[2]))
 
 
 def build_router(settings: Any, context: FilterContext) -> RouterFilter:
@@ -107,7 +117,7 @@ def build_router(settings: Any, context: FilterContext) -> RouterFilter:
     routing: Routing = config.section("routing")
     prefs = preferences(config)
     problems: list[str] = []
-    targets: dict[str, list[Target]] = {}
+    models: dict[str, tuple[str, ...]] = {}
     for i, pref in enumerate(prefs):
         resolved = []
         for j, name in enumerate(pref.models):
@@ -116,8 +126,8 @@ def build_router(settings: Any, context: FilterContext) -> RouterFilter:
                 problems.append(f"{config.source}: routing_preferences[{i}].models[{j}]: "
                                 f"{name!r} is not a configured model")
             else:
-                resolved.append(target)
-        targets[pref.name] = resolved
+                resolved.append(target.model)
+        models[pref.name] = tuple(resolved)
     if not prefs:
         problems.append(f"{config.source}: routing_preferences: the router filter needs at least one route")
     if problems:
@@ -126,5 +136,5 @@ def build_router(settings: Any, context: FilterContext) -> RouterFilter:
 
     routes = RouteSet.of([{"name": p.name, "description": p.description} for p in prefs])
     # One backend (one loaded model) per config, shared by every listener's router filter.
-    shared = config.state("routing.backend", lambda: SharedBackend(routing, routes))
-    return RouterFilter(shared, routing, targets)
+    shared = context.state.get("routing.backend", lambda: SharedBackend(routing, routes))
+    return RouterFilter(shared, routing, models, context.resolve_model)

@@ -880,7 +880,7 @@ def test_openai_error_to_anthropic() -> None:
     out = json.loads(openai_error_to_anthropic(json.dumps({"error": error}).encode(), 429))
     assert out == {
         "type": "error",
-        "error": {"type": "rate_limit_error", "message": "Rate limit reached", "code": "rate_limit_exceeded"},
+        "error": {"type": "rate_limit_error", "message": "Rate limit reached", "code": "upstream.rate_limit_exceeded"},
     }
 
 
@@ -904,7 +904,7 @@ def test_anthropic_error_to_openai() -> None:
     error = {"type": "overloaded_error", "message": "Overloaded"}
     out = anthropic_error_to_openai(json.dumps({"type": "error", "error": error, "request_id": "r"}).encode(), 529)
     assert json.loads(out) == {
-        "error": {"message": "Overloaded", "type": "server_error", "param": None, "code": "overloaded_error"}
+        "error": {"message": "Overloaded", "type": "server_error", "param": None, "code": "upstream.overloaded_error"}
     }
     client = openai_client(529, out)
     with pytest.raises(openai.APIStatusError) as caught:
@@ -915,7 +915,7 @@ def test_anthropic_error_to_openai() -> None:
 def test_non_json_anthropic_error_to_openai() -> None:
     out = json.loads(anthropic_error_to_openai(b"upstream connect error", 503))
     assert out["error"]["message"] == "upstream connect error"
-    assert out["error"]["code"] == "overloaded_error"
+    assert out["error"]["code"] == "upstream.overloaded_error"
 
 
 # SSE decoding
@@ -1006,7 +1006,7 @@ def test_anthropic_error_event_becomes_openai_error_chunk() -> None:
     stream = AnthropicToOpenAIStream("m", include_usage=True)
     body = run_stream(stream, [upstream])
     chunks = openai_chunks(body)
-    error = {"message": "Overloaded", "type": "service_unavailable_error", "param": None, "code": "overloaded_error"}
+    error = {"message": "Overloaded", "type": "service_unavailable_error", "param": None, "code": "upstream.overloaded_error"}
     assert chunks[-1] == {"error": error}
     assert stream.usage is not None and stream.usage["prompt_tokens"] == 30  # counted before the failure
     client = openai_client(200, body, "text/event-stream")
@@ -1084,7 +1084,7 @@ def test_openai_error_chunk_becomes_anthropic_error_event() -> None:
         {"error": {"message": "Rate limit reached", "type": "rate_limit_error", "code": "rate_limit_exceeded"}},
     )
     events = anthropic_events(run_stream(OpenAIToAnthropicStream("m"), [upstream]))
-    error = {"type": "rate_limit_error", "message": "Rate limit reached", "code": "rate_limit_exceeded"}
+    error = {"type": "rate_limit_error", "message": "Rate limit reached", "code": "upstream.rate_limit_exceeded"}
     assert events[-1] == {"type": "error", "error": error}
     client = anthropic_client(200, run_stream(OpenAIToAnthropicStream("m"), [upstream]), "text/event-stream")
     with pytest.raises(anthropic.APIStatusError, match="Rate limit reached"):

@@ -221,4 +221,4 @@ def test_buffering_only_when_a_filter_asks_and_under_the_cap(upstream: tuple[Ups
     assert whole.calls[0][1] is False and whole.calls[0][0] > 500 and whole.calls[1] == (0, True)
     # ...and what it returned is what the client got (5 word events, the finish event, [DONE])
     assert streamed.text.count("DATA: ") == 7 and '"HELLO"' in streamed.text
-    assert too_big.status_code == 502 and too_big.json()["error"]["code"] == "core.response_too_large"
+    assert too_big.status_code == 502 and too_big.json()["error"]["code"] == "upstream.response_too_large"

@@ -143,7 +143,7 @@ def test_error_statuses(upstream: tuple[Upstream, str]) -> None:
     with run_proxy(raw) as proxy:
         url = proxy.url
         bad_json = _post(url, "{not json")
-        assert bad_json.status_code == 400 and _error(bad_json)["code"] == "invalid_json"
+        assert bad_json.status_code == 400 and _error(bad_json)["code"] == "request.invalid_json"
 
         not_utf8 = _post(url, b'{"messages": "\xff\xfe"}')
         assert not_utf8.status_code == 400
@@ -157,14 +157,14 @@ def test_error_statuses(upstream: tuple[Upstream, str]) -> None:
         assert bad_role.status_code == 400 and _error(bad_role)["param"] == "messages[0].role"
 
         big = _post(url, json.dumps({"messages": [{"role": "user", "content": "x" * 4096}]}))
-        assert big.status_code == 413 and _error(big)["code"] == "request_too_large"
+        assert big.status_code == 413 and _error(big)["code"] == "request.too_large"
 
         wrong_method = httpx.get(url + "/v1/chat/completions")
         assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
-        assert _error(wrong_method)["code"] == "method_not_allowed"
+        assert _error(wrong_method)["code"] == "request.method_not_allowed"
 
         unknown = _post(url, json.dumps({"model": "gpt-9", "messages": MESSAGES}))
-        assert unknown.status_code == 404 and _error(unknown)["code"] == "model_not_found"
+        assert unknown.status_code == 404 and _error(unknown)["code"] == "model.not_found"
         assert "sk-upstream-secret" not in unknown.text
 
         upstream_400 = _post(url, json.dumps({"model": "fail-400", "messages": MESSAGES}))
@@ -176,14 +176,14 @@ def test_error_statuses(upstream: tuple[Upstream, str]) -> None:
         assert timeout.status_code == 504 and _error(timeout)["code"] == "upstream.timeout"
 
         no_route = httpx.get(url + "/v2/nothing")
-        assert no_route.status_code == 404 and _error(no_route)["code"] == "not_found"
+        assert no_route.status_code == 404 and _error(no_route)["code"] == "request.not_found"
 
 
 def test_deeply_nested_json_is_a_400(upstream: tuple[Upstream, str]) -> None:
     server, base = upstream
     with run_proxy(proxy_config(base)) as proxy:
         nested = _post(proxy.url, "[" * 100_000 + "]" * 100_000)
-    assert nested.status_code == 400 and _error(nested)["code"] == "invalid_json"
+    assert nested.status_code == 400 and _error(nested)["code"] == "request.invalid_json"
 
 
 def test_upstream_connect_failure_is_502() -> None:
@@ -206,7 +206,7 @@ def test_sdk_sees_its_own_exception_types(upstream: tuple[Upstream, str]) -> Non
         with pytest.raises(openai.RateLimitError):
             client.chat.completions.create(model="fail-429", messages=MESSAGES)  # type: ignore[arg-type]
         client.close()
-    assert not_found.value.code == "model_not_found"
+    assert not_found.value.code == "model.not_found"
 
 
 def test_client_disconnect_closes_upstream_stream(upstream: tuple[Upstream, str]) -> None:

@@ -19,13 +19,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from core.cli import main as cli_main
-from core.config import ModelProvider
+from core.config import Config, Listener, ModelProvider
 from core.config_loader import parse_config
 from core.errors import ConfigError
-from core.filter import LocalReply
-from core.flow import Flow
+from core.filter import FilterContext, LocalReply
+from core.flow import Flow, RouteDecision
 from core.plugins import build_registry
-from core.upstream import Target
+from core.resolve import resolve_targets
+from core.upstream import Upstreams
 from filters.auth import AuthConfig, AuthFilter, Principal, hash_key
 from tests.conftest import proxy_config
 from tests.harness import run_proxy
@@ -36,29 +37,32 @@ BOB = "sk-bob-abcdefghij"
 SECRET = "a-shared-secret-that-is-long-enough-for-hs256"
 
 
-def make_flow(headers: dict[str, str] | None = None, model: str | None = "openai/gpt-4o",
-              targets: list[str] | None = None, passthrough: bool = False) -> Flow:
+def make_flow(headers: dict[str, str] | None = None, model: str | None = "openai/gpt-4o") -> Flow:
     body: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
     if model is not None:
         body["model"] = model
-    flow = Flow(request_id="r1", listener="test", api="openai", method="POST", path="/v1/chat/completions",
+    return Flow(request_id="r1", listener="test", api="openai", method="POST", path="/v1/chat/completions",
                 headers=dict(headers or {}), body=json.dumps(body).encode(), json_body=body)
-    names = targets if targets is not None else ([model] if model and "/" in model else [])
-    flow.targets = [
-        Target(ModelProvider(model=name, base_url="http://127.0.0.1:1/v1", passthrough_auth=passthrough), None)  # type: ignore[arg-type]
-        for name in names
-    ]
-    return flow
 
 
-def build(**config: Any) -> AuthFilter:
+def build(keep_credentials: bool = False, **config: Any) -> AuthFilter:
     config.setdefault("keys", [{"name": "alice", "sha256": hash_key(ALICE), "metadata": {"team": "search"}},
                                {"name": "bob", "sha256": hash_key(BOB), "models": ["openai/gpt-4o-mini", "gpt-3*"]}])
-    return AuthFilter(AuthConfig.model_validate(config))
+    return AuthFilter(AuthConfig.model_validate(config), keep_credentials)
 
 
 def run(flt: AuthFilter, flow: Flow) -> LocalReply | None:
     return asyncio.run(flt.on_request(flow))
+
+
+UPSTREAMS = Upstreams(Config(listeners=[Listener(name="test", port=0)], model_providers=[
+    ModelProvider(model=name, base_url="http://127.0.0.1:1/v1", default=name == "openai/gpt-4o")
+    for name in ("openai/gpt-4o", "openai/gpt-4o-mini", "openai/gpt-3.5-turbo")]))
+
+
+def served(flt: AuthFilter, flow: Flow) -> LocalReply | None:
+    """The filter, then the core's resolution of targets, which enforces the principal's models."""
+    return run(flt, flow) or resolve_targets(flow, UPSTREAMS, authenticates=True)
 
 
 def rejected(flt: AuthFilter, flow: Flow) -> LocalReply:
@@ -110,32 +114,48 @@ def test_other_authorization_scheme_is_refused_by_name() -> None:
     assert run(build(), make_flow({"authorization": "Basic Zm9v", "x-api-key": ALICE})) is None
 
 
-def test_credentials_are_stripped_unless_a_target_passes_them_through() -> None:
+def test_credentials_are_stripped_unless_a_provider_passes_them_through() -> None:
     flow = make_flow({"authorization": f"Bearer {ALICE}", "x-api-key": "other", "x-keep": "1"})
     assert run(build(), flow) is None
     assert flow.headers == {"x-keep": "1"}
-    kept = make_flow({"authorization": f"Bearer {ALICE}"}, passthrough=True)
-    assert run(build(), kept) is None
+    kept = make_flow({"authorization": f"Bearer {ALICE}"})
+    assert run(build(keep_credentials=True), kept) is None
     assert kept.headers["authorization"] == f"Bearer {ALICE}"
+    config = Config(listeners=[Listener(name="t", port=0)], model_providers=[
+        ModelProvider(model="byok/m", base_url="http://127.0.0.1:1/v1", passthrough_auth=True)])
+    context = FilterContext(config, config.listeners[0], Upstreams(config).resolve)
+    settings = AuthConfig.model_validate({"keys": [{"name": "a", "sha256": hash_key(ALICE)}]})
+    assert AuthFilter.from_config(settings, context).keep_credentials
 
 
 def test_model_allow_list_checks_requested_name_and_targets() -> None:
     flt = build()
     bob = {"authorization": f"Bearer {BOB}"}
-    reply = rejected(flt, make_flow(bob, model="openai/gpt-4o"))
-    assert (reply.status, reply.details) == (403, "auth.model_forbidden")
+    reply = served(flt, make_flow(bob, model="openai/gpt-4o"))
+    assert isinstance(reply, LocalReply) and (reply.status, reply.details) == (403, "model.forbidden")
     assert "openai/gpt-4o" in str(reply.body) and "bob" in str(reply.body)
-    assert run(flt, make_flow(bob, model="openai/gpt-4o-mini")) is None
-    assert run(flt, make_flow(bob, model="gpt-4o-mini", targets=["openai/gpt-4o-mini"])) is None  # bare id
-    assert run(flt, make_flow(bob, model="openai/gpt-3.5-turbo")) is None  # glob on the model id
-    # "auto" resolved to a forbidden default, a fallback target beyond the granted one, an unresolved name.
-    assert rejected(flt, make_flow(bob, model=None, targets=["openai/gpt-4o"])).status == 403
-    assert rejected(flt, make_flow(bob, model="openai/gpt-4o-mini",
-                                   targets=["openai/gpt-4o-mini", "anthropic/claude"])).status == 403
-    assert rejected(flt, make_flow(bob, model="mystery", targets=[])).status == 403
+    assert served(flt, make_flow(bob, model="openai/gpt-4o-mini")) is None
+    assert served(flt, make_flow(bob, model="gpt-4o-mini")) is None  # bare id
+    assert served(flt, make_flow(bob, model="openai/gpt-3.5-turbo")) is None  # glob on the model id
+    default = served(flt, make_flow(bob, model=None))  # the default model is checked like a named one
+    assert isinstance(default, LocalReply) and default.details == "model.forbidden"
+    # "auto" resolved to a forbidden default, and a route's model beyond the granted one.
+    assert served(flt, make_flow(bob, model="auto")).status == 403  # type: ignore[union-attr]
+    routed = make_flow(bob, model="openai/gpt-4o-mini")
+    assert run(flt, routed) is None
+    routed.route = RouteDecision("r", ("openai/gpt-4o-mini", "openai/gpt-4o"))
+    assert resolve_targets(routed, UPSTREAMS, authenticates=True).status == 403  # type: ignore[union-attr]
+    # An unknown name is a 404 listing only what the caller may use.
+    unknown = served(flt, make_flow(bob, model="mystery"))
+    assert isinstance(unknown, LocalReply) and (unknown.status, unknown.details) == (404, "model.not_found")
+    assert "openai/gpt-4o-mini" in str(unknown.body) and "openai/gpt-4o," not in str(unknown.body)
     # A granted alias covers the target it resolves to.
     alias = build(keys=[{"name": "c", "sha256": hash_key("k"), "models": ["fast"]}])
-    assert run(alias, make_flow({"x-api-key": "k"}, model="fast", targets=["openai/gpt-4o"])) is None
+    aliased = Upstreams(Config(listeners=[Listener(name="t", port=0)], model_aliases={"fast": "openai/gpt-4o"},
+                               model_providers=[ModelProvider(model="openai/gpt-4o", base_url="http://127.0.0.1:1")]))
+    flow = make_flow({"x-api-key": "k"}, model="fast")
+    assert run(alias, flow) is None and resolve_targets(flow, aliased, authenticates=True) is None
+    assert [t.model for t in flow.targets] == ["openai/gpt-4o"]
     # A principal without a list may use anything.
     assert run(flt, make_flow({"x-api-key": ALICE}, model="openai/o3")) is None
 
@@ -193,7 +213,8 @@ def test_hs256_token_maps_claims_to_principal() -> None:
     assert flow.principal == Principal("c@x.io", ("gpt-4o", "o3"), {"team": "ml"}, "jwt")
     assert "authorization" not in flow.headers
     listed = hs({"email": "d@x.io", "iss": "https://idp", "aud": "outerloop", "models": ["o3"]})
-    assert rejected(flt, make_flow({"authorization": f"Bearer {listed}"})).details == "auth.model_forbidden"
+    forbidden = served(flt, make_flow({"authorization": f"Bearer {listed}"}))
+    assert isinstance(forbidden, LocalReply) and forbidden.details == "model.forbidden"
     # API keys keep working next to JWTs; a wrong key is still reported as a key, not as a token.
     assert run(flt, make_flow({"x-api-key": ALICE})) is None
     assert rejected(flt, make_flow({"x-api-key": "sk-unknown"})).details == "auth.invalid_key"
@@ -361,7 +382,7 @@ def test_openai_sdk_gets_its_own_exception_types(upstream: tuple[Upstream, str])
         with openai.OpenAI(base_url=proxy.url + "/v1", api_key=BOB, max_retries=0) as client:
             with pytest.raises(openai.PermissionDeniedError) as forbidden:
                 client.chat.completions.create(model="test/slow", messages=messages)
-            assert forbidden.value.code == "auth.model_forbidden"
+            assert forbidden.value.code == "model.forbidden"
             answer = client.chat.completions.create(model="test-model", messages=messages)
         assert answer.choices[0].message.content == "Hello from the test upstream."
         assert len(server.seen) == 1

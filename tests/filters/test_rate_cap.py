@@ -17,15 +17,15 @@ from core.config import ModelProvider
 from core.config_loader import parse_config
 from core.errors import ConfigError
 from core.filter import LocalReply
-from core.flow import Flow
+from core.flow import Flow, RouteDecision
 from core.plugins import build_registry
-from core.upstream import Target
+from core.target import Target
 from filters.rate_cap.config import RateCapConfig
-from filters.rate_cap.filter import RateCapFilter, TokenRateCapFilter
+from filters.rate_cap.filter import RateCapFilter
 from filters.rate_cap.memory import BackendUnavailable, MemoryBackend
-from filters.rate_cap.usage import UsageReader, estimate_input_tokens
+from filters.rate_cap.usage import estimate_input_tokens
 from tests.conftest import proxy_config
-from tests.harness import run_proxy
+from tests.harness import eventually, run_proxy
 from tests.upstream import Upstream
 
 
@@ -39,8 +39,7 @@ class Clock:
 
 def make_filter(caps: list[dict[str, Any]], clock: Clock | None = None, **settings: Any) -> RateCapFilter:
     config = RateCapConfig.model_validate({"caps": caps, **settings})
-    kind = TokenRateCapFilter if any("tokens" in cap for cap in caps) else RateCapFilter
-    flt = kind(config, MemoryBackend(clock=clock or Clock()), "test")
+    flt = RateCapFilter(config, MemoryBackend(clock=clock or Clock()), "test")
     flt.name = "rate_cap"
     return flt
 
@@ -142,7 +141,7 @@ def test_route_and_global_and_missing_values() -> None:
 
     def routed(route: str | None) -> Flow:
         flow = make_flow(principal=None)
-        flow.route = route
+        flow.route = RouteDecision(route, ("test/test-model",)) if route is not None else None
         return flow
 
     assert request(flt, routed("code")) is None
@@ -239,14 +238,9 @@ def test_token_bucket_debits_output_after_the_call_and_may_go_negative() -> None
     assert flow.extra_headers["x-ratelimit-remaining"] == "893"
     flow.attempts = 1
     flow.response_status = 200
-    body = json.dumps({"choices": [], "usage": {"prompt_tokens": 100, "completion_tokens": 1200,
-                                                "total_tokens": 1300}}).encode()
-    out = asyncio.run(flt.on_response_chunk(flow, body[:10], False))
-    out += asyncio.run(flt.on_response_chunk(flow, body[10:], False))  # type: ignore[operator]
-    out += asyncio.run(flt.on_response_chunk(flow, b"", True))  # type: ignore[operator]
-    assert out == body
+    # The core recorded the response's usage (core.usage); rate_cap settles the estimate against it.
+    flow.usage = {"prompt_tokens": 100, "completion_tokens": 1200, "total_tokens": 1300}
     complete(flt, flow)
-    assert flow.usage == {"prompt_tokens": 100, "completion_tokens": 1200, "total_tokens": 1300}
     backend = flt.backend
     assert isinstance(backend, MemoryBackend)
     assert backend.levels["test:tokens-per-100s-by-principal:alice"][0] == pytest.approx(1000 - 1300)
@@ -271,61 +265,6 @@ def test_estimate_is_given_back_when_no_upstream_call_happened() -> None:
     backend = flt.backend
     assert isinstance(backend, MemoryBackend)
     assert backend.levels["test:tokens-per-60s-by-principal:alice"][0] == pytest.approx(200)
-
-
-def test_stream_usage_is_requested_for_the_client_and_stripped() -> None:
-    flt = make_filter([{"tokens": 10_000}])
-    flow = make_flow(stream=True)
-    assert request(flt, flow) is None
-    assert flow.json["stream_options"] == {"include_usage": True}
-    assert json.loads(flow.body)["stream_options"] == {"include_usage": True}
-    asked = make_flow(stream=True, stream_options={"include_usage": True})
-    assert request(flt, asked) is None
-    assert asked.body_modified is False
-    plain = make_filter([{"requests": 10}])
-    untouched = make_flow(stream=True)
-    assert request(plain, untouched) is None and "stream_options" not in untouched.json
-
-
-def sse(*objs: Any, crlf: bool = False) -> bytes:
-    sep = b"\r\n\r\n" if crlf else b"\n\n"
-    return b"".join(b"data: " + (o if isinstance(o, bytes) else json.dumps(o).encode()) + sep for o in objs)
-
-
-CHUNKS = [{"choices": [{"index": 0, "delta": {"content": w}}], "usage": None} for w in ("He", "llo", " usage")]
-USAGE = {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}}
-
-
-@pytest.mark.parametrize("crlf", [False, True])
-@pytest.mark.parametrize("strip", [False, True])
-def test_usage_reader_handles_every_split_point(strip: bool, crlf: bool) -> None:
-    stream = sse(*CHUNKS, USAGE, b"[DONE]", crlf=crlf)
-    expected = sse(*CHUNKS, b"[DONE]", crlf=crlf) if strip else stream
-    for cut in range(1, len(stream)):
-        for second in (cut, min(len(stream), cut + 7)):
-            reader = UsageReader(stream=True, strip=strip)
-            out = reader.feed(stream[:cut], False) + reader.feed(stream[cut:second], False)
-            out += reader.feed(stream[second:], False) + reader.feed(b"", True)
-            assert out == expected, cut
-            assert reader.usage == USAGE["usage"]
-
-
-def test_usage_reader_anthropic_events_and_unterminated_tail() -> None:
-    events = (b'event: message_start\ndata: {"type":"message_start","message":{"usage":{"input_tokens":20,'
-              b'"cache_read_input_tokens":5,"output_tokens":1}}}\n\n'
-              b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":9}}')
-    reader = UsageReader(stream=True, strip=False)
-    assert reader.feed(events, False) == events
-    assert reader.feed(b"", True) == b""
-    assert reader.usage == {"prompt_tokens": 25, "completion_tokens": 9, "total_tokens": 34}
-    assert UsageReader(stream=True, strip=True).feed(b"data: {not json", True) == b"data: {not json"
-
-
-def test_usage_reader_ignores_garbage() -> None:
-    reader = UsageReader(stream=False, strip=False)
-    reader.feed(b'{"usage": "lots"}', False)
-    reader.feed(b"", True)
-    assert reader.usage is None
 
 
 # --- config -------------------------------------------------------------------------------------------
@@ -525,4 +464,5 @@ def test_usage_counted_across_api_shapes(upstream: tuple[Upstream, str]) -> None
         with openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk", max_retries=0) as oai:
             chunks = list(oai.chat.completions.create(model="anthropic/claude-test", messages=messages, stream=True))
         assert chunks and all(c.usage is None and c.choices for c in chunks)
-        assert level() == pytest.approx(1000 - 3 * 12, abs=0.1)
+        # The SDK hangs up on [DONE]; the usage read before it is settled all the same.
+        assert eventually(lambda: level() == pytest.approx(1000 - 3 * 12, abs=0.1))

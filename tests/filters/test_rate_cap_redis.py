@@ -19,7 +19,7 @@ import redis
 
 from core.flow import Flow
 from filters.rate_cap.config import RateCapConfig, RedisSettings
-from filters.rate_cap.filter import RateCapFilter, TokenRateCapFilter
+from filters.rate_cap.filter import RateCapFilter
 from filters.rate_cap.memory import Check
 from filters.rate_cap.redis_backend import RedisBackend
 from tests.conftest import proxy_config
@@ -50,9 +50,9 @@ def make_filter(url: str, caps: list[dict[str, Any]], **extra: Any) -> RateCapFi
         "caps": caps, "backend": "redis",
         "redis": {"url": url, "key_prefix": f"test:{uuid.uuid4().hex[:8]}", **extra.pop("redis", {})}, **extra,
     })
-    kind = TokenRateCapFilter if any("tokens" in cap for cap in caps) else RateCapFilter
+
     assert config.redis is not None
-    flt = kind(config, RedisBackend(config.redis, config.concurrency_lease_seconds), "test")
+    flt = RateCapFilter(config, RedisBackend(config.redis, config.concurrency_lease_seconds), "test")
     flt.name = "rate_cap"
     return flt
 

@@ -6,6 +6,7 @@ import logging
 import socket
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ import redis
 from core.config import Config, Listener, ModelProvider
 from core.filter import FilterContext, LocalReply
 from core.flow import Flow
+from core.resolve import resolve_targets
 from core.upstream import Upstreams
 from filters.session.filter import SessionConfig, SessionFilter
 from filters.session.store import MemoryPinStore, RedisPinStore, StoreUnavailable
@@ -33,12 +35,20 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+CONFIG = Config(listeners=[Listener(name="t", port=0)], model_providers=[
+    ModelProvider(model="test/a", base_url="http://127.0.0.1:9/v1", default=True),
+    ModelProvider(model="test/b", base_url="http://127.0.0.1:9/v1")])
+UPSTREAMS = Upstreams(CONFIG)
+
+
 def context() -> FilterContext:
-    config = Config(listeners=[Listener(name="t", port=0)], model_providers=[
-        ModelProvider(model="test/a", base_url="http://127.0.0.1:9/v1", default=True),
-        ModelProvider(model="test/b", base_url="http://127.0.0.1:9/v1")])
-    upstreams = Upstreams(config)
-    return FilterContext(config, config.listeners[0], upstreams.resolve)
+    return FilterContext(CONFIG, CONFIG.listeners[0], UPSTREAMS.resolve)
+
+
+def targets(flow: Flow) -> list[str]:
+    """Where the core sends the flow after the filters ran (core.resolve applies the pin)."""
+    assert resolve_targets(flow, UPSTREAMS, authenticates=False) is None
+    return [t.model for t in flow.targets]
 
 
 def make_filter(**settings: Any) -> SessionFilter:
@@ -60,7 +70,7 @@ async def serve(flt: SessionFilter, flow: Flow, served: str | None) -> LocalRepl
     """One request through the filter: on_request, then as if `served` answered 200."""
     reply = await flt.on_request(flow)
     if reply is None and served is not None:
-        flow.served_by = flt.resolve_model(served)
+        flow.served_by = UPSTREAMS.resolve(served)
         flow.response_status = 200
         assert await flt.on_response(flow) is None
     return reply
@@ -94,7 +104,7 @@ def test_derived_id_is_stable_across_turns_and_scoped_by_principal() -> None:
     other = make_flow(SYSTEM, {"role": "user", "content": "Something else"})
     run(flt.on_request(other))
     assert other.session_id != ids[0]
-    alice = make_flow(SYSTEM, ASK, principal="alice")
+    alice = make_flow(SYSTEM, ASK, principal=SimpleNamespace(name="alice"))
     run(flt.on_request(alice))
     assert alice.session_id not in (ids[0], None)
 
@@ -109,24 +119,21 @@ def test_no_header_and_no_derivation_means_no_session() -> None:
 
 def test_continuation_is_pinned_and_new_user_turn_is_not() -> None:
     flt = make_filter()
-    ctx = flt.resolve_model
 
     async def go() -> None:
         await flt.start()
         first = make_flow(SYSTEM, ASK, model="test/b")
-        first.targets = [ctx("test/b")]  # type: ignore[list-item]
         await serve(flt, first, "test/b")
-        assert first.state["session"]["pinned"] is False
+        assert first.state["session"]["pinned"] is False and first.pin is None
         loop = make_flow(SYSTEM, ASK, CALL, RESULT)
-        loop.targets = [ctx("test/a")]  # type: ignore[list-item]
         await serve(flt, loop, None)
-        assert [t.model for t in loop.targets] == ["test/b", "test/a"]
+        assert loop.pin == "test/b" and targets(loop) == ["test/b", "test/a"]
         assert loop.state["session"]["pinned"] is True
         assert loop.annotations["session.pinned"] is True and loop.annotations["session.pinned_model"] == "test/b"
         new_turn = make_flow(SYSTEM, ASK, CALL, RESULT, {"role": "assistant", "content": "18C"}, ASK)
-        new_turn.targets = [ctx("test/a")]  # type: ignore[list-item]
         await serve(flt, new_turn, None)
-        assert [t.model for t in new_turn.targets] == ["test/a"] and "session.pinned" not in new_turn.annotations
+        assert new_turn.pin is None and targets(new_turn) == ["test/a"]
+        assert "session.pinned" not in new_turn.annotations
         await flt.close()
 
     run(go())
@@ -138,12 +145,11 @@ def test_explicit_model_may_override_the_pin() -> None:
         await flt.start()
         await serve(flt, make_flow(SYSTEM, ASK), "test/b")
         flow = make_flow(SYSTEM, ASK, CALL, RESULT, model="test/a")
-        flow.targets = [flt.resolve_model("test/a")]  # type: ignore[list-item]
         await flt.on_request(flow)
         await flt.close()
-        return [t.model for t in flow.targets]
+        return targets(flow)
 
-    assert run(go(False))[0] == "test/b"
+    assert run(go(False)) == ["test/b", "test/a"]
     assert run(go(True)) == ["test/a"]
 
 
@@ -153,13 +159,14 @@ def test_failed_responses_do_not_pin_and_unknown_models_are_ignored() -> None:
         await flt.start()
         flow = make_flow(SYSTEM, ASK)
         await flt.on_request(flow)
-        flow.served_by, flow.response_status = flt.resolve_model("test/b"), 502
+        flow.served_by, flow.response_status = UPSTREAMS.resolve("test/b"), 502
         await flt.on_response(flow)
         assert flt.store is not None and await flt.store.get(flow.state["session"]["id"]) is None
         await flt.store.set(flow.state["session"]["id"], "gone/model")
         loop = make_flow(SYSTEM, ASK, CALL, RESULT)
         await flt.on_request(loop)
-        assert loop.targets == [] and not loop.state["session"]["pinned"]
+        # A pin to a model no longer configured is stated, and the core passes over it.
+        assert loop.pin == "gone/model" and targets(loop) == ["test/a"]
         await flt.close()
 
     run(go())

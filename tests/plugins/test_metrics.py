@@ -37,11 +37,11 @@ def test_metrics_count_requests_fallbacks_tokens_and_router(upstream: tuple[Upst
     listener = "test"
     assert samples[("outerloop_requests_total", (("details", ""), ("listener", listener), ("status", "200")))] == 3
     assert samples[("outerloop_requests_total",
-                    (("details", "model_not_found"), ("listener", listener), ("status", "404")))] == 1
+                    (("details", "model.not_found"), ("listener", listener), ("status", "404")))] == 1
     assert samples[("outerloop_requests_total",
                     (("details", "upstream.http_429"), ("listener", listener), ("status", "429")))] == 1
     assert samples[("outerloop_requests_total",
-                    (("details", "invalid_json"), ("listener", listener), ("status", "400")))] == 1
+                    (("details", "request.invalid_json"), ("listener", listener), ("status", "400")))] == 1
     assert samples[("outerloop_upstream_served_total", (("model", "test/test-model"),))] == 3
     assert samples[("outerloop_router_fallbacks_total", (("reason", "model_missing"),))] == 3
     assert samples[("outerloop_request_duration_seconds_count", (("listener", listener),))] == 6

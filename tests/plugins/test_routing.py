@@ -195,7 +195,7 @@ class PinPlugin:
     def outerloop_register_filters(self, register: Any) -> None:
         class Pin(Filter):
             async def on_request(self, flow: Flow) -> LocalReply | None:
-                flow.annotations["session.pinned"] = True
+                flow.pin = "test/coder"
                 return None
 
         register("pin", lambda config, context: Pin())
@@ -209,7 +209,7 @@ def test_pinned_trajectory_is_not_rerouted(upstream: tuple[Upstream, str],
         httpx.post(proxy.url + "/v1/chat/completions", json={"messages": MESSAGES})
         decision = httpx.post(proxy.url + "/routing/v1/chat/completions", json={"messages": MESSAGES}).json()
     assert router.prompts == []
-    assert server.seen[-1].json["model"] == "test-model"
+    assert server.seen[-1].json["model"] == "coder"  # the pin, applied by the core
     assert decision["pinned"] is True
 
 

@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from core.config import Config
 from core.filter import Filter, LocalReply
-from core.flow import Flow
+from core.flow import Flow, RouteDecision
 from core.hookspecs import hookimpl
 from tests.conftest import proxy_config
 from tests.harness import run_proxy, serve_app
@@ -46,7 +46,7 @@ class MemoryTracing:
     def outerloop_register_filters(self, register: Any) -> None:
         class Tag(Filter):
             async def on_request(self, flow: Flow) -> LocalReply | None:
-                flow.route = "tagged_route"
+                flow.route = RouteDecision("tagged_route", ("test/test-model",))
                 flow.annotations["guardrails.flagged"] = True
                 if "stop" in flow.last_user_text():
                     return LocalReply(403, "stopped", "tag.stopped")

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.filter import Filter, FilterContext, LocalReply
 from core.flow import Flow
-from core.hookspecs import hookimpl
+from core.hookspecs import RegisterFilter, hookimpl
 
 
 class ExampleTagConfig(BaseModel):
@@ -41,5 +41,5 @@ class ExampleTagFilter(Filter):
 
 
 @hookimpl
-def outerloop_register_filters(register: Any) -> None:
+def outerloop_register_filters(register: RegisterFilter) -> None:
     register("example_tag", ExampleTagFilter.from_config, ExampleTagConfig)

@@ -1,0 +1,151 @@
+"""The core's usage meter: usage, finish reason and the end of a response, read from upstream bytes as they pass."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from core.config import ModelProvider
+from core.flow import Flow
+from core.providers.openai import openai_passthrough
+from core.target import Target, Upstream
+from core.usage import UsageMeter
+
+
+def make_flow(stream: bool = True, **body: Any) -> Flow:
+    json_body: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **body}
+    if stream:
+        json_body["stream"] = True
+    return Flow(request_id="r", listener="test", api="openai", method="POST", path="/v1/chat/completions",
+                headers={}, body=json.dumps(json_body).encode(), json_body=json_body)
+
+
+def sse(*objs: Any, crlf: bool = False) -> bytes:
+    sep = b"\r\n\r\n" if crlf else b"\n\n"
+    return b"".join(b"data: " + (o if isinstance(o, bytes) else json.dumps(o).encode()) + sep for o in objs)
+
+
+CHUNKS = [{"choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}], "usage": None}
+          for w in ("He", "llo", " usage")]
+FINISH = {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}], "usage": None}
+USAGE = {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}}
+
+
+async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+def meter_all(meter: UsageMeter, *parts: bytes) -> bytes:
+    async def run() -> bytes:
+        return b"".join([chunk async for chunk in meter.wrap(_chunks(*parts))])
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+@pytest.mark.parametrize("strip", [False, True])
+def test_stream_usage_and_finish_reason_at_every_split_point(strip: bool, crlf: bool) -> None:
+    stream = sse(*CHUNKS, FINISH, USAGE, b"[DONE]", crlf=crlf)
+    expected = sse(*CHUNKS, FINISH, b"[DONE]", crlf=crlf) if strip else stream
+    for cut in range(1, len(stream)):
+        for second in (cut, min(len(stream), cut + 7)):
+            flow = make_flow()
+            meter = UsageMeter(flow, stream=True, strip=strip, cap=1 << 20)
+            out = meter_all(meter, stream[:cut], stream[cut:second], stream[second:])
+            assert out == expected, cut
+            assert flow.usage == USAGE["usage"]
+            assert flow.finish_reason == "length"
+            assert meter.ended
+
+
+def test_usage_is_on_the_flow_before_the_event_after_it_is_passed_on() -> None:
+    flow = make_flow()
+    meter = UsageMeter(flow, stream=True, strip=False, cap=1 << 20)
+    seen_when_done: list[Any] = []
+
+    async def run() -> None:
+        async for chunk in meter.wrap(_chunks(sse(*CHUNKS), sse(USAGE), sse(b"[DONE]"))):
+            if b"[DONE]" in chunk:
+                seen_when_done.append(flow.usage)
+
+    asyncio.run(run())
+    assert seen_when_done == [USAGE["usage"]]
+
+
+def test_anthropic_events_and_an_unterminated_tail() -> None:
+    events = (b'event: message_start\ndata: {"type":"message_start","message":{"usage":{"input_tokens":20,'
+              b'"cache_read_input_tokens":5,"output_tokens":1}}}\n\n'
+              b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"tool_use"},'
+              b'"usage":{"output_tokens":9}}')
+    flow = make_flow()
+    assert meter_all(UsageMeter(flow, stream=True, strip=False, cap=1 << 20), events) == events
+    assert flow.usage == {"prompt_tokens": 25, "completion_tokens": 9, "total_tokens": 34}
+    assert flow.finish_reason == "tool_calls"
+    broken = make_flow()
+    assert meter_all(UsageMeter(broken, stream=True, strip=True, cap=1 << 20), b"data: {not json") \
+        == b"data: {not json"
+    assert broken.usage is None
+
+
+def test_whole_bodies_openai_and_anthropic_and_garbage() -> None:
+    body = json.dumps({"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}],
+                       "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}}).encode()
+    flow = make_flow(stream=False)
+    assert meter_all(UsageMeter(flow, stream=False, strip=False, cap=1 << 20), body[:9], body[9:]) == body
+    assert flow.usage == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
+    assert flow.finish_reason == "stop"
+    message = json.dumps({"type": "message", "stop_reason": "max_tokens",
+                          "usage": {"input_tokens": 7, "output_tokens": 5}}).encode()
+    anthropic = make_flow(stream=False)
+    meter_all(UsageMeter(anthropic, stream=False, strip=False, cap=1 << 20), message)
+    assert anthropic.usage == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+    assert anthropic.finish_reason == "length"
+    garbage = make_flow(stream=False)
+    assert meter_all(UsageMeter(garbage, stream=False, strip=False, cap=1 << 20), b'{"usage": "lots"}') \
+        == b'{"usage": "lots"}'
+    assert garbage.usage is None
+
+
+def test_a_body_over_the_cap_passes_uncounted() -> None:
+    body = json.dumps({"usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                       "pad": "p" * 100}).encode()
+    flow = make_flow(stream=False)
+    assert meter_all(UsageMeter(flow, stream=False, strip=False, cap=50), body[:60], body[60:]) == body
+    assert flow.usage is None
+
+
+def test_the_last_body_chunk_is_held_until_usage_is_stored() -> None:
+    body = json.dumps({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2,
+                                                "total_tokens": 3}}).encode()
+    flow = make_flow(stream=False)
+    meter = UsageMeter(flow, stream=False, strip=False, cap=1 << 20)
+    usage_at_last: list[Any] = []
+
+    async def run() -> None:
+        received = b""
+        async for chunk in meter.wrap(_chunks(body[:5], body[5:])):
+            received += chunk
+            if received == body:
+                usage_at_last.append(flow.usage)
+
+    asyncio.run(run())
+    assert usage_at_last == [{"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}]
+
+
+def test_openai_streams_ask_for_usage_without_touching_what_the_client_asked() -> None:
+    adapter = openai_passthrough()
+    target = Target(ModelProvider(model="openai/m", base_url="http://127.0.0.1:1/v1"),
+                    Upstream("openai", "http://127.0.0.1:1/v1", None, None))  # type: ignore[arg-type]
+    plain = make_flow()
+    sent = json.loads(adapter.request(plain, target).content)
+    assert sent["stream_options"] == {"include_usage": True}
+    assert "stream_options" not in plain.json
+    asked = make_flow(stream_options={"include_usage": True})
+    assert adapter.request(asked, target).content == asked.body
+    not_streamed = make_flow(stream=False)
+    assert "stream_options" not in json.loads(adapter.request(not_streamed, target).content)
