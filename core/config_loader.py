@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from core.config import Config, FilterSpec
+from core.config import CONFIG_DIR, Config, FilterSpec
 from core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -52,6 +52,8 @@ def _describe(error: Mapping[str, Any]) -> str:
     ctx = error.get("ctx") or {}
     if kind == "extra_forbidden":
         return "unknown key"
+    if kind == "file_error":
+        return str(error["msg"])
     if kind in _EXPECTED:
         expected = _EXPECTED[kind]
     elif kind == "greater_than":
@@ -74,7 +76,7 @@ def _describe(error: Mapping[str, Any]) -> str:
 
 
 def _got(error: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
-    if error["type"] in ("missing", "extra_forbidden") or "input" not in error:
+    if error["type"] in ("missing", "extra_forbidden", "file_error") or "input" not in error:
         return ""
     if any(isinstance(part, str) and _SECRET_KEY.search(part) for part in loc):
         return ""
@@ -134,19 +136,34 @@ def read_yaml(path: str | Path) -> Any:
 
 
 def load_config(path: str | Path, registry: Registry) -> Config:
-    return parse_config(read_yaml(path), registry, source=str(path))
+    return parse_config(read_yaml(path), registry, source=str(path), config_dir=Path(path).parent)
 
 
-def parse_config(raw: Any, registry: Registry, source: str = "<config>") -> Config:
+def parse_config(raw: Any, registry: Registry, source: str = "<config>", config_dir: Path | None = None) -> Config:
+    """Validate `raw`; relative paths in it are taken relative to `config_dir` (else to the cwd)."""
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: expected a mapping at the top level, got {type(raw).__name__}"])
     missing: list[tuple[str, str]] = []
     raw = expand_env(raw, (), missing)
-    if missing:
-        raise ConfigError(
-            [f"{source}: {path}: environment variable {name} is not set" for path, name in missing]
-        )
+    context = {CONFIG_DIR: config_dir} if config_dir is not None else {}
+    config, problems = _validate(raw, registry, source, context)
+    # A missing variable was expanded to "": what the models then say about that value is noise.
+    unset = [f"{source}: {path}" for path, _ in missing]
+    problems = [p for p in problems if not any(_under(p, u) for u in unset)]
+    problems[:0] = [f"{source}: {path}: environment variable {name} is not set" for path, name in missing]
+    if problems or config is None:
+        raise ConfigError(problems)
+    return config
 
+
+def _under(problem: str, prefix: str) -> bool:
+    return problem.startswith(prefix) and problem[len(prefix):len(prefix) + 1] in (":", ".", "[")
+
+
+def _validate(
+    raw: dict[Any, Any], registry: Registry, source: str, context: dict[str, Any],
+) -> tuple[Config | None, list[str]]:
+    """The config and every problem found: core keys, plugin sections, filters, cross-checks."""
     problems: list[str] = []
     section_models = registry.config_sections
     sections: dict[str, Any] = {}
@@ -156,7 +173,7 @@ def parse_config(raw: Any, registry: Registry, source: str = "<config>") -> Conf
         if key in section_models:
             try:
                 model = section_models[key]
-                sections[key] = model() if value is None else model.model_validate(value)
+                sections[key] = model() if value is None else model.model_validate(value, context=context)
             except ValidationError as exc:
                 problems += validation_problems(source, (key,), exc)
         elif key in core_keys:
@@ -173,20 +190,19 @@ def parse_config(raw: Any, registry: Registry, source: str = "<config>") -> Conf
 
     config: Config | None = None
     try:
-        config = Config.model_validate({**core_raw, "sections": sections, "source": source})
+        config = Config.model_validate({**core_raw, "sections": sections, "source": source}, context=context)
     except ValidationError as exc:
         problems += validation_problems(source, (), exc)
     if config is not None:
-        config, filter_problems = _validate_filters(config, registry, source)
+        config, filter_problems = _validate_filters(config, registry, source, context)
         problems += filter_problems
         problems += _cross_checks(config, source)
-    if problems:
-        raise ConfigError(problems)
-    assert config is not None
-    return config
+    return config, problems
 
 
-def _validate_filters(config: Config, registry: Registry, source: str) -> tuple[Config, list[str]]:
+def _validate_filters(
+    config: Config, registry: Registry, source: str, context: dict[str, Any],
+) -> tuple[Config, list[str]]:
     problems: list[str] = []
     listeners = []
     for li, listener in enumerate(config.listeners):
@@ -207,7 +223,8 @@ def _validate_filters(config: Config, registry: Registry, source: str) -> tuple[
                 problems.append(f"{where}.name: {spec.name!r} is a terminal filter and must come last")
             settings: BaseModel | None = None
             try:
-                settings = entry.config_model.model_validate(spec.config if spec.config is not None else {})
+                settings = entry.config_model.model_validate(spec.config if spec.config is not None else {},
+                                                             context=context)
             except ValidationError as exc:
                 problems += validation_problems(source, ("listeners", li, "filters", fi, "config"), exc)
             specs.append(FilterSpec(name=spec.name, config=settings))

@@ -18,6 +18,7 @@ from yarl import URL
 # Read size for streamed bodies: large enough for whole JSON answers, small enough that SSE events are
 # forwarded as soon as they arrive (iter_any returns whatever is buffered, never waiting to fill it).
 _CHUNK = 65536
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class _ResponseStream(httpx.AsyncByteStream):
@@ -89,8 +90,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 timeout=client_timeout, allow_redirects=False, compress=None, chunked=None,
             )
         except aiohttp.ClientConnectorError as exc:
-            raise httpx.ConnectError(f"cannot connect to {request.url.host}:{request.url.port}: {exc.strerror}",
-                                     request=request) from exc
+            url = request.url
+            port = url.port or _DEFAULT_PORTS.get(url.scheme)
+            raise httpx.ConnectError(f"cannot connect to {url.host}:{port}: {exc.strerror}", request=request) from exc
         except aiohttp.ConnectionTimeoutError as exc:
             raise httpx.ConnectTimeout("upstream connect timed out", request=request) from exc
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:

@@ -79,7 +79,8 @@ class DemoTransport(httpx.AsyncBaseTransport):
         if not path.endswith("/chat/completions"):
             return _error(request, 404, f"demo provider has no endpoint {path}", "not_found")
         body = json.loads(await request.aread())
-        model = body.get("model") or DEMO_MODELS[0]
+        # Named as the proxy's /v1/models lists it: the proxy sends the bare id upstream.
+        model = f"demo/{body.get('model') or DEMO_MODELS[0]}"
         if body.get("stream") is True:
             return httpx.Response(
                 200, headers={"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"},

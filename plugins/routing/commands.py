@@ -13,7 +13,8 @@ from core.cli import DEFAULT_CONFIG
 
 def add_commands(subparsers: Any) -> None:
     route = subparsers.add_parser("route", help="print the routing decision for a text or conversation")
-    route.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    route.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                       help="the config file (default: %(default)s, relative to the current directory)")
     route.add_argument("text", help="a user message, or a JSON list of chat messages")
     route.set_defaults(func=_route)
 
@@ -21,14 +22,17 @@ def add_commands(subparsers: Any) -> None:
     sub = router.add_subparsers(dest="router_command", required=True)
     export = sub.add_parser("export", help="export a Qwen2 router model (HF id or local dir) to ONNX")
     export.add_argument("--model", required=True, help="e.g. katanemo/Arch-Router-1.5B or a local directory")
-    export.add_argument("--out", required=True)
-    export.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32")
-    export.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    export.add_argument("--out", required=True, help="directory to write model.onnx and the tokenizer files to")
+    export.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
+                        help="weight precision of the exported model (default: %(default)s)")
+    export.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the export runs (default: %(default)s)")
     export.add_argument("--no-check", action="store_true", help="skip the ONNX vs PyTorch logits check")
     export.set_defaults(func=_export)
     evaluate = sub.add_parser("eval", help="accuracy, confusion matrix and latency on a labelled JSONL set")
-    evaluate.add_argument("-c", "--config", default=DEFAULT_CONFIG)
-    evaluate.add_argument("data")
+    evaluate.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                          help="the config file (default: %(default)s, relative to the current directory)")
+    evaluate.add_argument("data", help="a JSONL file, one {\"messages\": [...], \"route\": NAME} per line")
     evaluate.set_defaults(func=_eval)
 
 
