@@ -16,6 +16,7 @@ from core.asgi import ASGIApp, Receive, Scope, Send
 from core.config import Config
 from core.config_loader import load_config
 from core.errors import error_body
+from core.observe import open_access_log
 from core.plugins import Registry, build_registry
 from core.proxy import ProxyEndpoint
 from core.responses import send_body
@@ -141,4 +142,8 @@ def create_app(config_path: str | None = None) -> ASGIApp:
     """Factory for ASGI servers: `hypercorn 'core.app:create_app()'` reads OUTERLOOP_CONFIG."""
     path = config_path or os.environ.get("OUTERLOOP_CONFIG", "configs/default.yaml")
     registry = build_registry()
-    return build_app(load_config(path, registry), registry)
+    config = load_config(path, registry)
+    if config.server.access_log is not None:
+        # Under another server's CLI this process serves until it exits: the log stays open as long.
+        open_access_log(config.server.access_log)
+    return build_app(config, registry)

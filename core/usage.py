@@ -22,6 +22,7 @@ log = logging.getLogger("outerloop.usage")
 _FINISH = re.compile(rb'"(?:finish_reason|stop_reason)"\s*:\s*"([A-Za-z_]+)"')
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _ENDS = (b"data: [DONE]", b"data:[DONE]", b"message_stop")
+_DECODER = json.JSONDecoder()
 
 
 def _openai_shaped(fields: dict[str, int]) -> dict[str, int] | None:
@@ -113,17 +114,26 @@ class UsageMeter:
                 size += len(chunk)
                 seen.append(chunk)
         if size <= self.cap:
-            obj = self._take(seen[0] if len(seen) == 1 else b"".join(seen))
-            choices = obj.get("choices") if obj is not None else None
-            if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-                reason = choices[0].get("finish_reason")
-            else:
-                reason = obj.get("stop_reason") if obj is not None else None
-            if isinstance(reason, str):
-                self._finish(reason)
+            self._whole(seen[0] if len(seen) == 1 else b"".join(seen))
         self.ended = True
         if held is not None:
             yield held
+
+    def _whole(self, body: bytes) -> None:
+        """Usage and finish reason of a whole JSON body, without parsing all of it: a key can only be a JSON
+        key where its quotes are bare (inside a string they are escaped), so only the usage object is decoded."""
+        for match in reversed(list(_USAGE.finditer(body))):
+            try:
+                usage, _ = _DECODER.raw_decode(body[match.end() - 1:].decode("utf-8", "replace"))
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(usage, dict):
+                self._fields.update({k: v for k, v in usage.items() if type(v) is int})
+                self.flow.usage = _openai_shaped(self._fields)
+                break
+        finish = _FINISH.search(body)
+        if finish is not None:
+            self._finish(finish.group(1).decode())
 
     def _finish(self, reason: str) -> None:
         # Anthropic's stop reasons in OpenAI's words, so the finish reason reads the same for every upstream.

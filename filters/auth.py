@@ -20,6 +20,7 @@ from typing import Any
 import jwt
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from core.config import ConfigPath
 from core.filter import Filter, FilterContext, LocalReply
 from core.flow import Flow
 from core.hookspecs import RegisterFilter, hookimpl
@@ -75,7 +76,7 @@ class JwtSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     secret: SecretStr | None = Field(default=None, description="HS256 shared secret (at least 32 bytes)")
-    jwks_file: str | None = Field(default=None, description="path of a JWKS JSON file with RS256/ES256 public keys")
+    jwks_file: ConfigPath | None = Field(default=None, description="path of a JWKS JSON file with RS256/ES256 public keys")
     issuer: str | None = None
     audience: str | list[str] | None = None
     leeway_seconds: float = Field(default=30.0, ge=0, le=600, description="clock skew allowed on exp/nbf/iat")

@@ -152,7 +152,7 @@ class HttpResponseFilter(HttpFilter):
         held += chunk
         if len(held) > self.json_cap:
             return LocalReply(502, f"response exceeds the buffer cap of {self.json_cap} bytes",
-                              "core.response_too_large")
+                              "upstream.response_too_large")
         if not end:
             return b""
         body = bytes(held)

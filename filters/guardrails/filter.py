@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.config import ConfigPath
 from core.filter import Filter, FilterContext, LocalReply
 from core.flow import Flow
 from filters.guardrails.classifier import TextClassifier
@@ -74,8 +75,8 @@ class DenyList(_Model):
 
 
 class ClassifierCheck(_Model):
-    path: str = Field(description="ONNX sequence-classification model")
-    tokenizer: str | None = Field(default=None, description="tokenizer.json; default: beside the model")
+    path: ConfigPath = Field(description="ONNX sequence-classification model")
+    tokenizer: ConfigPath | None = Field(default=None, description="tokenizer.json; default: beside the model")
     threshold: float = Field(default=0.5, ge=0, le=1)
     label_index: int = Field(default=1, ge=0, description="the logit column meaning 'injection'")
     max_length: int = Field(default=512, gt=0)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, SecretStr
 
-from core.config import Config
+from core.config import Config, ConfigPath
 
 
 class _Section(BaseModel):
@@ -33,7 +33,7 @@ class HttpBackend(_Section):
 
 
 class EmbeddingBackend(_Section):
-    model_path: str = Field(description="a directory with an ONNX sentence encoder (model.onnx + tokenizer.json)")
+    model_path: ConfigPath = Field(description="a directory with an ONNX sentence encoder (model.onnx + tokenizer.json)")
     threshold: float = Field(default=0.1, ge=-1, le=1, description="below this similarity the answer is `other`")
 
 
@@ -41,7 +41,7 @@ class Routing(_Section):
     """How decisions are made. Without routing_preferences, routing is off whatever is set here."""
 
     backend: Literal["onnx", "http", "embedding"] = "onnx"
-    model_path: str | None = Field(default=None, description="the exported router model directory (onnx backend)")
+    model_path: ConfigPath | None = Field(default=None, description="the exported router model directory (onnx backend)")
     profile: Literal["arch-router", "plano-orchestrator"] = "arch-router"
     execution_providers: list[str] = Field(
         default=["CUDAExecutionProvider", "CPUExecutionProvider"],

@@ -110,3 +110,24 @@ def test_access_log_to_a_file_next_to_the_config(caplog: pytest.LogCaptureFixtur
     lines = [json.loads(line) for line in written.read_text().splitlines()]
     assert [line["status"] for line in lines] == [200, 200, 200]
     assert not [r for r in caplog.records if r.name == "outerloop.access"]
+
+
+def test_hypercorn_cli_on_create_app_writes_the_access_log(tmp_path: Path) -> None:
+    """Served by hypercorn's own CLI (`core.app:create_app()`), the access log goes where the config says."""
+    raw = _demo(access_log={"path": "access.jsonl"})
+    port = free_port()
+    raw["listeners"] = [{"name": "ingress", "port": port}]
+    path = write_config(raw, tmp_path)
+    hypercorn = Path(sys.executable).parent / "hypercorn"
+    process = subprocess.Popen([str(hypercorn), "core.app:create_app()", "--bind", f"127.0.0.1:{port}"], cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT), "OUTERLOOP_CONFIG": str(path)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, timeout=30)
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"messages": MESSAGES})
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    assert answer.status_code == 200
+    lines = [json.loads(line) for line in (tmp_path / "access.jsonl").read_text().splitlines()]
+    assert [(line["status"], line["served_by"]) for line in lines] == [(200, "demo/demo-echo")]
