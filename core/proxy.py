@@ -214,25 +214,20 @@ class ProxyEndpoint:
             body = _buffered(body, self.runtime.config.limits.max_buffered_response_bytes)
         status = response.status_code
         if not chain.inspects_body:
-            async for chunk in body:
+            await exchange.stream(status, headers, body)
+            return
+        end = False
+        while not end:
+            chunk = await anext(body, b"")
+            end = not chunk
+            out = await chain.on_response_chunk(flow, chunk, end)
+            if isinstance(out, LocalReply):
+                await exchange.local_reply(out)
+                return
+            if out:
                 if not exchange.started:
                     await exchange.start(status, headers)
-                await exchange.body(chunk)
-        else:
-            end = False
-            while True:
-                chunk = await anext(body, b"")
-                end = not chunk
-                out = await chain.on_response_chunk(flow, chunk, end)
-                if isinstance(out, LocalReply):
-                    await exchange.local_reply(out)
-                    return
-                if out:
-                    if not exchange.started:
-                        await exchange.start(status, headers)
-                    await exchange.body(out)
-                if end:
-                    break
+                await exchange.body(out)
         if not exchange.started:
             await exchange.start(status, headers)
         await exchange.end()

@@ -22,6 +22,9 @@ log = logging.getLogger("outerloop.usage")
 _FINISH = re.compile(rb'"(?:finish_reason|stop_reason)"\s*:\s*"([A-Za-z_]+)"')
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _ENDS = (b"data: [DONE]", b"data:[DONE]", b"message_stop")
+_EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
+#: The last event of a stream ends its chunk.
+_STREAM_ENDS = (b"[DONE]\n\n", b"[DONE]\r\n\r\n", b'"message_stop"}\n\n', b'"message_stop"}\r\n\r\n')
 _DECODER = json.JSONDecoder()
 
 
@@ -62,8 +65,18 @@ class UsageMeter:
         return self._stream(chunks) if self.stream else self._body(chunks)
 
     async def _stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        partial = False  # an event begun in an earlier chunk is waiting for its end
         async for chunk in chunks:
+            # The common chunk passes as it is, unsplit: whole events (a blank line at its end, nothing
+            # pending) that say nothing the meter reads. Inline byte tests: this runs for every chunk.
+            if not partial and chunk.endswith(_EVENT_ENDS) and b'"usage"' not in chunk \
+                    and not chunk.endswith(_STREAM_ENDS):
+                at = chunk.find(b'_reason"')  # every OpenAI chunk has a finish_reason, mostly null
+                if at < 0 or chunk[at + 9:at + 11] in (b"nu", b" n"):
+                    yield chunk
+                    continue
             out = self._feed(chunk, end=False)
+            partial = self._events.pending > 0
             if out:
                 yield out
         out = self._feed(b"", end=True)

@@ -9,6 +9,8 @@ import httpx
 from core.flow import Flow, encode_json
 from core.target import Target
 
+_ASK_USAGE = b'"stream_options":{"include_usage":true}'
+
 
 def upstream_body(flow: Flow, model_id: str, stream_usage: bool = False) -> bytes:
     """The client's own bytes when they already name the upstream's model id; else the JSON re-encoded.
@@ -17,14 +19,20 @@ def upstream_body(flow: Flow, model_id: str, stream_usage: bool = False) -> byte
     core can count every request; it removes the chunk again when the client did not ask for it.
     """
     ask = stream_usage and flow.stream and not flow.wants_stream_usage
-    if flow.json.get("model") == model_id and not ask:
-        return flow.body
-    body = dict(flow.json)
-    body["model"] = model_id
+    if flow.json.get("model") == model_id:
+        if not ask:
+            return flow.body
+        body = flow.body
+        if body[:1] == b"{" and "stream_options" not in flow.json:
+            # Spliced into the client's bytes (a validated object: it has messages, so a comma follows):
+            # re-encoding a long agent conversation would cost about 1 ms per 100 KB.
+            return b"{" + _ASK_USAGE + b"," + body[1:]
+    changed = dict(flow.json)
+    changed["model"] = model_id
     if ask:
-        options = body.get("stream_options")
-        body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-    return encode_json(body)
+        options = changed.get("stream_options")
+        changed["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    return encode_json(changed)
 
 
 def bearer_headers(flow: Flow, target: Target) -> list[tuple[str, str]]:

@@ -149,3 +149,17 @@ def test_openai_streams_ask_for_usage_without_touching_what_the_client_asked() -
     assert adapter.request(asked, target).content == asked.body
     not_streamed = make_flow(stream=False)
     assert "stream_options" not in json.loads(adapter.request(not_streamed, target).content)
+
+
+def test_usage_is_asked_for_in_the_clients_own_bytes_when_they_can_be_kept() -> None:
+    adapter = openai_passthrough()
+    target = Target(ModelProvider(model="openai/m", base_url="http://127.0.0.1:1/v1"),
+                    Upstream("openai", "http://127.0.0.1:1/v1", None, None))  # type: ignore[arg-type]
+    raw = b'{"model": "m", "stream": true, "messages": [{"role": "user", "content": "h\\u00e9 \xc3\xa9"}]}'
+    flow = Flow(request_id="r", listener="test", api="openai", method="POST", path="/v1/chat/completions",
+                headers={}, body=raw, json_body=json.loads(raw))
+    sent = adapter.request(flow, target).content
+    assert sent.endswith(raw[1:])  # the client's bytes, escapes and spacing as they were
+    assert json.loads(sent) == {**json.loads(raw), "stream_options": {"include_usage": True}}
+    options_given = make_flow(stream_options={"include_usage": False})  # the client said no: asked anyway
+    assert json.loads(adapter.request(options_given, target).content)["stream_options"] == {"include_usage": True}
