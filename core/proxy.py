@@ -28,8 +28,8 @@ from core.validation import validate_chat
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from core.runtime import Runtime
     from core.chain import Chain
+    from core.runtime import Runtime
 
 log = logging.getLogger("outerloop.proxy")
 

@@ -23,6 +23,9 @@ _FINISH = re.compile(rb'"(?:finish_reason|stop_reason)"\s*:\s*"([A-Za-z_]+)"')
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _ENDS = (b"data: [DONE]", b"data:[DONE]", b"message_stop")
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
+#: A usage object and a finish reason that is a string, in compact JSON and with a space after colons.
+_COMPACT = (b'"usage":{', b'_reason":"')
+_SPACED = (b'"usage": {', b'_reason": "')
 #: The last event of a stream ends its chunk.
 _STREAM_ENDS = (b"[DONE]\n\n", b"[DONE]\r\n\r\n", b'"message_stop"}\n\n', b'"message_stop"}\r\n\r\n')
 _DECODER = json.JSONDecoder()
@@ -66,15 +69,19 @@ class UsageMeter:
 
     async def _stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         partial = False  # an event begun in an earlier chunk is waiting for its end
+        usage_key = reason = b""  # as this upstream writes JSON: compact, or with a space after colons
         async for chunk in chunks:
-            # The common chunk passes as it is, unsplit: whole events (a blank line at its end, nothing
-            # pending) that say nothing the meter reads. Inline byte tests: this runs for every chunk.
-            if not partial and chunk.endswith(_EVENT_ENDS) and b'"usage"' not in chunk \
-                    and not chunk.endswith(_STREAM_ENDS):
-                at = chunk.find(b'_reason"')  # every OpenAI chunk has a finish_reason, mostly null
-                if at < 0 or chunk[at + 9:at + 11] in (b"nu", b" n"):
-                    yield chunk
-                    continue
+            if not usage_key and b'":' in chunk:  # the first chunk with a JSON key tells (not a comment)
+                usage_key, reason = _SPACED if b'": ' in chunk else _COMPACT
+            # The common chunk: whole events (a blank line at its end, nothing pending) without a usage
+            # object. It is read in place and passes as it is; inline byte tests, as this runs for every chunk.
+            if not partial and usage_key and chunk.endswith(_EVENT_ENDS) and usage_key not in chunk:
+                if reason in chunk:  # a finish reason that is not null (every OpenAI chunk has the key)
+                    self._finish_in(chunk)
+                if chunk.endswith(_STREAM_ENDS):
+                    self.ended = True
+                yield chunk
+                continue
             out = self._feed(chunk, end=False)
             partial = self._events.pending > 0
             if out:
@@ -104,9 +111,7 @@ class UsageMeter:
 
     def _event(self, event: bytes) -> bool:
         """Reads one SSE event; True when it is a usage-only chunk."""
-        finish = _FINISH.search(event)
-        if finish is not None:
-            self._finish(finish.group(1).decode())
+        self._finish_in(event)
         if any(end in event for end in _ENDS):
             self.ended = True
         if _USAGE.search(event) is None:
@@ -144,7 +149,10 @@ class UsageMeter:
                 self._fields.update({k: v for k, v in usage.items() if type(v) is int})
                 self.flow.usage = _openai_shaped(self._fields)
                 break
-        finish = _FINISH.search(body)
+        self._finish_in(body)
+
+    def _finish_in(self, data: bytes) -> None:
+        finish = _FINISH.search(data)
         if finish is not None:
             self._finish(finish.group(1).decode())
 

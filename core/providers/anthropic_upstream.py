@@ -11,7 +11,6 @@ import httpx
 
 from core.errors import RequestError
 from core.flow import Flow, encode_json
-from core.providers import Adapter
 from core.providers.anthropic import (
     ANTHROPIC_VERSION,
     TranslationError,
@@ -25,7 +24,7 @@ from core.providers.anthropic_response import (
     openai_to_anthropic_response,
 )
 from core.providers.anthropic_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
-from core.providers.openai import Passthrough, bearer_headers, upstream_body
+from core.providers.openai import Passthrough, bearer_headers
 from core.target import Target
 
 # Anthropic request headers a client may set that change behaviour upstream (betas, versions).

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import json
-import logging
-import re
 from typing import Any
 
 from core.flow import content_text
-from core.sse import EventSplitter, parse_event
-
-log = logging.getLogger("outerloop.rate_cap")
 
 # Token estimate before the call (documented in docs/filters/rate_cap.md): ~4 characters per token,
 # plus a few tokens of framing per message and per request, and a flat cost for each non-text part.
@@ -18,7 +13,6 @@ CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
 TOKENS_PER_REQUEST = 3
 TOKENS_PER_NON_TEXT_PART = 85
-_MAX_USAGE_SCAN = 4 * 1024 * 1024
 
 
 def estimate_input_tokens(body: dict[str, Any]) -> int:

@@ -163,3 +163,18 @@ def test_usage_is_asked_for_in_the_clients_own_bytes_when_they_can_be_kept() -> 
     assert json.loads(sent) == {**json.loads(raw), "stream_options": {"include_usage": True}}
     options_given = make_flow(stream_options={"include_usage": False})  # the client said no: asked anyway
     assert json.loads(adapter.request(options_given, target).content)["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.parametrize("spaced", [False, True])
+def test_whole_event_chunks_in_either_json_style_after_a_comment(spaced: bool) -> None:
+    """Chunks that are whole events take the meter's fast path; the JSON style is learnt from the first key."""
+    def event(obj: Any) -> bytes:
+        text = json.dumps(obj) if spaced else json.dumps(obj, separators=(",", ":"))
+        return b"data: " + text.encode() + b"\n\n"
+
+    chunks = [b": PROCESSING\n\n", *(event(c) for c in CHUNKS), event(FINISH) + event(USAGE), b"data: [DONE]\n\n"]
+    flow = make_flow()
+    meter = UsageMeter(flow, stream=True, strip=True, cap=1 << 20)
+    out = meter_all(meter, *chunks)
+    assert out == b"".join(chunks).replace(event(USAGE), b"")
+    assert flow.usage == USAGE["usage"] and flow.finish_reason == "length" and meter.ended
