@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -16,9 +18,12 @@ from core.asgi import ASGIApp, Receive, Scope, Send
 from core.config import Config
 from core.config_loader import load_config
 from core.errors import error_body
+from core.exchange import Exchange
+from core.flow import Flow, repeated_header
 from core.observe import open_access_log
 from core.plugins import Registry, build_registry
 from core.proxy import ProxyEndpoint
+from core.resolve import usable_models
 from core.responses import send_body
 from core.runtime import Runtime
 
@@ -41,12 +46,18 @@ class App:
             Route("/v1/chat/completions", ProxyEndpoint(runtime, "openai")),
             Route("/chat/completions", ProxyEndpoint(runtime, "openai")),
             Route("/v1/messages", ProxyEndpoint(runtime, "anthropic")),
-            Route("/v1/models", _get_only(self.models)),
+            Route("/v1/models", Authenticated(runtime, _get_only(self.models))),
+            # Open, for load balancers: it says nothing but that this process serves.
             Route("/healthz", _get_only(self.healthz)),
         ]
         for entry in runtime.registry.routes(runtime.config, runtime.state):
-            routes.append(Route(entry.path, entry.endpoint, methods=list(entry.methods) or None))
-        self.router = Router(routes=routes, default=_not_found)
+            route = Route(entry.path, entry.endpoint, methods=list(entry.methods) or None)
+            # Plugin endpoints (/metrics) are guarded by the listener's auth like the proxy's own.
+            route.app = Authenticated(runtime, route.app)
+            routes.append(route)
+        # No trailing-slash redirects: starlette builds their Location from the client's Host header. A path
+        # with a slash more is another path, so a 404.
+        self.router = Router(routes=routes, default=_not_found, redirect_slashes=False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -86,9 +97,16 @@ class App:
                 return
 
     async def models(self, request: Request) -> Response:
+        """The models and aliases the caller may use (all on a listener without auth)."""
         upstreams = self.runtime.upstreams
+        flow: Flow | None = request.scope.get("outerloop.flow")
+        names = [*upstreams.names(), *self.runtime.config.model_aliases]
+        if flow is not None and flow.principal is not None:
+            names = usable_models(flow.principal, upstreams, names)
+        elif self.runtime.chain_for(request.scope).chain.authenticates:
+            names = []
         data = []
-        for name in [*upstreams.names(), *self.runtime.config.model_aliases]:
+        for name in names:
             # An alias is owned by the provider of the model it points to.
             target = upstreams.resolve(name)
             owner = target.provider.provider if target is not None else name.partition("/")[0]
@@ -96,7 +114,42 @@ class App:
         return JSONResponse({"object": "list", "data": data})
 
     async def healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "listeners": [c.listener for c in self.runtime.chains]})
+        return JSONResponse({"status": "ok"})
+
+
+class Authenticated:
+    """An endpoint beside the proxy's, guarded by the listener's authenticating filters (``auth``).
+
+    They run on a flow built for this request, and their LocalReply (a 401) is the answer as they wrote it.
+    The endpoint finds the flow, with its ``principal``, in ``scope["outerloop.flow"]``. On a listener that
+    does not authenticate, the endpoint is open.
+    """
+
+    def __init__(self, runtime: Runtime, endpoint: ASGIApp) -> None:
+        self.runtime = runtime
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        listener = self.runtime.chain_for(scope)
+        if not listener.chain.authenticates:
+            await self.endpoint(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        api = "anthropic" if scope["path"].startswith("/v1/messages") else "openai"
+        flow = Flow(request_id=headers.get("x-request-id") or uuid.uuid4().hex, listener=listener.listener,
+                    api=api, method=scope["method"], path=scope["path"], headers=headers, body=b"",
+                    json_body={}, client=scope.get("client"), started=time.perf_counter())
+        exchange = Exchange(flow, send)
+        repeated = repeated_header(scope["headers"])
+        if repeated is not None:
+            await exchange.reply(400, f"header {repeated} is given more than once", "request.duplicate_header")
+            return
+        reply = await listener.chain.authenticate(flow)
+        if reply is not None:
+            await exchange.local_reply(reply)
+            return
+        scope["outerloop.flow"] = flow
+        await self.endpoint(scope, receive, send)
 
 
 class _get_only:  # noqa: N801 - used like a decorator

@@ -65,6 +65,17 @@ class Chain:
                     return reply
         return None
 
+    async def authenticate(self, flow: Flow) -> LocalReply | None:
+        """Only the authenticating filters' ``on_request``: for endpoints beside the proxy's (``/v1/models``,
+        ``/metrics``), which a listener's auth guards like the proxy endpoints."""
+        for flt in self._request:
+            if flt.authenticates:
+                reply = await flt.on_request(flow)
+                if reply is not None:
+                    flow.details = reply.details
+                    return reply
+        return None
+
     async def on_upstream_request(self, flow: Flow, target: Target) -> LocalReply | None:
         for flt in self._upstream:
             reply = await flt.on_upstream_request(flow, target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from pathlib import Path
@@ -19,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+log = logging.getLogger("outerloop.config")
 
 # Providers whose API shape and address are known; any other prefix is an OpenAI-compatible server and
 # needs a base_url (vLLM, Ollama, LM Studio, TGI...).
@@ -124,6 +127,22 @@ class InlineRoutingPreference(Section):
     description: str = Field(min_length=1)
 
 
+class Timeouts(Section):
+    """Deadlines for calls to one provider entry, in seconds."""
+
+    connect: float = Field(default=5.0, gt=0, description="to open a connection (or get one from the pool)")
+    first_byte: float = Field(default=120.0, gt=0,
+                              description="from sending the request to the response headers")
+    idle: float = Field(default=120.0, gt=0, description="between two chunks of the response body")
+    total: float = Field(default=600.0, gt=0,
+                         description="the whole request, the last byte included, across every attempt")
+
+    def transport(self) -> dict[str, float]:
+        """httpx's `timeout` request extension (connect, pool, read, write), plus `idle` for the body."""
+        return {"connect": self.connect, "pool": self.connect, "read": self.first_byte, "write": self.first_byte,
+                "idle": self.idle}
+
+
 class ModelProvider(Section):
     model: str = Field(description="provider/id, e.g. openai/gpt-4o-mini")
     access_key: SecretStr | None = None
@@ -134,11 +153,29 @@ class ModelProvider(Section):
     interface: Literal["openai", "anthropic", "demo"] | None = Field(
         default=None, description="API shape; inferred from the provider prefix when omitted"
     )
-    connect_timeout: float = Field(default=5.0, gt=0)
-    read_timeout: float = Field(default=120.0, gt=0)
+    timeouts: Timeouts = Timeouts()
     max_connections: int = Field(default=512, gt=0)
     # Read by the routing plugin.
     routing_preferences: list[InlineRoutingPreference] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_timeouts(cls, data: Any) -> Any:
+        """`connect_timeout` and `read_timeout` (before `timeouts:`) still work, with a warning."""
+        if not isinstance(data, dict) or not {"connect_timeout", "read_timeout"} & data.keys():
+            return data
+        data = dict(data)
+        timeouts = dict(data.get("timeouts") or {})
+        if "connect_timeout" in data:
+            timeouts.setdefault("connect", data.pop("connect_timeout"))
+        if "read_timeout" in data:
+            read = data.pop("read_timeout")
+            timeouts.setdefault("first_byte", read)
+            timeouts.setdefault("idle", read)
+        log.warning("model %s: connect_timeout and read_timeout are deprecated; use timeouts: {connect, "
+                    "first_byte, idle, total}", data.get("model"))
+        data["timeouts"] = timeouts
+        return data
 
     @field_validator("model")
     @classmethod
@@ -215,6 +252,15 @@ def _access_log_shorthand(value: Any) -> Any:
 class Server(Section):
     workers: int = Field(default=1, ge=1)
     drain_seconds: float = Field(default=10.0, ge=0, description="time open streams get to finish on shutdown")
+    keep_alive_seconds: float = Field(
+        default=65.0, gt=0, description="how long an idle client connection is kept open for its next request "
+        "(above the 60 s idle timeout of common load balancers, so they close first)")
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="time a request line and its headers may take to arrive; slower "
+        "clients are disconnected")
+    body_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="time a request body may take to arrive whole after its headers; "
+        "slower clients get a 408 request.body_timeout")
     access_log: Annotated[
         AccessLog | None,
         BeforeValidator(_access_log_shorthand, json_schema_input_type=bool | Literal["stdout"] | AccessLog | None),

@@ -126,6 +126,8 @@ def read_yaml(path: str | Path) -> Any:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{source}: cannot read config file: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{source}: byte {exc.start}: expected UTF-8 text"]) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

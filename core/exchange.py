@@ -78,9 +78,11 @@ class Exchange:
             await self.whole(status, payload, self._headers(headers))
             return
         if not flow.stream:
-            # A JSON body under way cannot take an error event: end it (truncated), as any proxy would.
-            log.warning("request %s: response failed after its headers were sent (%s)", flow.request_id, details)
-            await self.end()
+            # A body under way cannot take an error event, and ending it would pass a truncated body off as
+            # whole: nothing more is sent, and the server closes the connection when the app returns with the
+            # body unfinished (hypercorn: no end of message, so no h11 length error and no traceback).
+            log.warning("request %s: response failed after its headers were sent (%s): connection aborted",
+                        flow.request_id, details)
             return
         event = (b"event: error\ndata: " if flow.api == "anthropic" else b"data: ") + payload + b"\n\n"
         await self._send({"type": "http.response.body", "body": event, "more_body": False})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -145,9 +146,26 @@ class Flow:
         return ""
 
 
+#: Headers a request may carry once: with two, the proxy, its filters and the upstream could each read another.
+SINGLE_VALUE_HEADERS = frozenset({b"authorization", b"x-api-key", b"content-length"})
+
+
+def repeated_header(raw: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The first of ``SINGLE_VALUE_HEADERS`` that the ASGI headers ``raw`` repeat, None when none is."""
+    seen: set[bytes] = set()
+    for name, _ in raw:
+        name = name.lower()
+        if name in SINGLE_VALUE_HEADERS:
+            if name in seen:
+                return name.decode("latin-1")
+            seen.add(name)
+    return None
+
+
 def encode_json(value: Any) -> bytes:
     """The wire form of every JSON body and event the proxy writes itself: compact UTF-8."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    # An upstream's lone surrogate (JSON "\ud800") cannot be UTF-8: written back as the same JSON escape.
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "backslashreplace")
 
 
 def content_text(content: Any) -> str:

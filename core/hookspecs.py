@@ -121,7 +121,9 @@ def outerloop_register_routes(register: RegisterRoute, config: Config, state: St
     """Add HTTP endpoints beside the proxy's own: ``register(path, endpoint, methods=("POST",))``.
 
     ``endpoint`` is an async function taking a starlette ``Request`` and returning a ``Response``, or a
-    pure ASGI app. Endpoints run on every listener, outside the filter chains. Called once per runtime,
+    pure ASGI app. Endpoints run on every listener, outside the filter chains; on a listener with
+    authenticating filters (``auth``) those run first and answer an unauthenticated caller themselves (the
+    endpoint finds the flow, with ``principal``, in ``scope["outerloop.flow"]``). Called once per runtime,
     after ``outerloop_register_observers``.
     """
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -17,13 +16,14 @@ from core.asgi import Receive, Scope, Send
 from core.errors import RequestError
 from core.exchange import Exchange
 from core.filter import LocalReply
-from core.flow import Flow
+from core.flow import Flow, repeated_header
 from core.providers import Adapter
 from core.resolve import resolve_targets
 from core.responses import raw_headers
 from core.upstream import RETRYABLE_STATUSES
+from core.upstream_errors import MAX_ERROR_BODY, error_answer, invalid_response, parse_object
 from core.usage import UsageMeter
-from core.validation import validate_chat
+from core.validation import parse_body, validate_chat
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -38,7 +38,6 @@ _HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer", b"upgrade",
     b"proxy-authenticate", b"proxy-authorization", b"content-length", b"date", b"server",
 })
-_MAX_ERROR_BODY = 1024 * 1024
 
 
 class ClientGone(Exception):
@@ -75,9 +74,13 @@ class ProxyEndpoint:
             if scope["method"] != "POST":
                 raise RequestError(405, f"method {scope['method']} not allowed on {scope['path']}; use POST",
                                    "request.method_not_allowed", headers={"allow": "POST"})
+            # A repeated name collapsed in the dict: only then look for which one.
+            repeated = repeated_header(scope["headers"]) if len(headers) != len(scope["headers"]) else None
+            if repeated is not None:
+                raise RequestError(400, f"header {repeated} is given more than once", "request.duplicate_header")
             raw = await _read_body(receive, runtime.config.limits.max_request_body_bytes,
                                    headers.get("content-length"))
-            flow.set_request(raw, validate_chat(_parse(raw), self.api))
+            flow.set_request(raw, validate_chat(parse_body(raw), self.api))
         except ClientGone:
             return
         except RequestError as exc:
@@ -106,6 +109,7 @@ class ProxyEndpoint:
         response: httpx.Response | None = None
         meter: UsageMeter | None = None
         span = None
+        deadline: asyncio.Timeout | None = None
         try:
             reply = await chain.on_request(flow)
             if reply is None:
@@ -115,22 +119,25 @@ class ProxyEndpoint:
                 return
             if runtime.tracer is not None:
                 span = observe.start_upstream_span(runtime.tracer, flow)
-            dispatched = await self._dispatch(flow, chain, span)
-            if isinstance(dispatched, LocalReply):
-                await exchange.local_reply(dispatched)
-                return
-            response, adapter = dispatched
-            flow.response_status = response.status_code
-            if response.status_code >= 400:
-                await self._upstream_error(exchange, response, adapter)
-                return
-            reply = await chain.on_response(flow)
-            if reply is not None:
-                await exchange.local_reply(reply)
-                return
-            meter = UsageMeter(flow, stream=flow.stream, strip=_strips_usage(flow, adapter),
-                               cap=runtime.config.limits.max_buffered_response_bytes)
-            await self._relay(exchange, chain, response, adapter, meter)
+            # The whole upstream exchange, every attempt and the last byte included, within one deadline.
+            deadline = asyncio.timeout(flow.targets[0].provider.timeouts.total)
+            async with deadline:
+                dispatched = await self._dispatch(flow, chain, span)
+                if isinstance(dispatched, LocalReply):
+                    await exchange.local_reply(dispatched)
+                    return
+                response, adapter = dispatched
+                flow.response_status = response.status_code
+                if response.status_code >= 400:
+                    await self._upstream_error(exchange, response)
+                    return
+                reply = await chain.on_response(flow)
+                if reply is not None:
+                    await exchange.local_reply(reply)
+                    return
+                meter = UsageMeter(flow, stream=flow.stream, strip=_strips_usage(flow, adapter),
+                                   cap=runtime.config.limits.max_buffered_response_bytes)
+                await self._relay(exchange, chain, response, adapter, meter)
         except asyncio.CancelledError as exc:
             # A client that hangs up once the stream's last event went out is done, not failed.
             if not (exchange.finished or (meter is not None and meter.ended)):
@@ -151,9 +158,16 @@ class ProxyEndpoint:
             await exchange.reply(status, f"the upstream {what} (request {flow.request_id})", code)
         except Exception as exc:
             error = exc
-            log.exception("request %s failed", flow.request_id)
-            await exchange.reply(500, f"internal error in the proxy (request {flow.request_id})",
-                                 "core.internal_error")
+            if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
+                total = flow.targets[0].provider.timeouts.total
+                log.warning("request %s: the upstream did not finish within timeouts.total (%gs)",
+                            flow.request_id, total)
+                await exchange.reply(504, f"the upstream did not finish within {total:g}s (request "
+                                          f"{flow.request_id})", "upstream.timeout")
+            else:
+                log.exception("request %s failed", flow.request_id)
+                await exchange.reply(500, f"internal error in the proxy (request {flow.request_id})",
+                                     "core.internal_error")
         finally:
             if response is not None:
                 await response.aclose()
@@ -182,7 +196,7 @@ class ProxyEndpoint:
                 return reply
             adapter = self.runtime.adapter(flow.api, target.upstream.api)
             request = adapter.request(flow, target)
-            request.extensions["timeout"] = self.runtime.timeouts[target.model]
+            request.extensions["timeout"] = target.timeouts
             if span is not None:
                 observe.propagate(span, request.headers)
             flow.attempts += 1
@@ -207,11 +221,18 @@ class ProxyEndpoint:
                      meter: UsageMeter) -> None:
         """The upstream's body to the client, metered, through the filters that inspect bodies."""
         flow = exchange.flow
+        cap = self.runtime.config.limits.max_buffered_response_bytes
         rewrites = adapter.rewrites_body or chain.inspects_body or meter.strip
         headers = _response_headers(response, flow, keep_length=not rewrites)
-        body = adapter.body(flow, meter.wrap(response.aiter_raw()))
+        if flow.stream:
+            kind = response.headers.get("content-type", "").lower()
+            if "json" in kind or "html" in kind:
+                raise invalid_response(flow, f"a stream was answered with content-type {kind[:60]!r}")
+            body = adapter.body(flow, meter.wrap(response.aiter_raw()))
+        else:
+            body = await _whole(flow, adapter, meter, response.aiter_raw(), cap)
         if chain.buffers_response:
-            body = _buffered(body, self.runtime.config.limits.max_buffered_response_bytes)
+            body = _buffered(body, cap)
         status = response.status_code
         if not chain.inspects_body:
             await exchange.stream(status, headers, body)
@@ -232,29 +253,22 @@ class ProxyEndpoint:
             await exchange.start(status, headers)
         await exchange.end()
 
-    async def _upstream_error(self, exchange: Exchange, response: httpx.Response, adapter: Adapter) -> None:
-        """Upstream 4xx/5xx pass through with their body, in the client's API shape."""
+    async def _upstream_error(self, exchange: Exchange, response: httpx.Response) -> None:
+        """An upstream 4xx/5xx in the client's API shape, its status and headers (Retry-After) kept."""
         flow = exchange.flow
+        status = response.status_code
         data = bytearray()
         async for chunk in response.aiter_raw():
             data += chunk
-            if len(data) > _MAX_ERROR_BODY:
+            if len(data) >= MAX_ERROR_BODY:
                 break
-        body = adapter.error_body(flow, response.status_code, bytes(data[:_MAX_ERROR_BODY]))
-        headers = _response_headers(response, flow, keep_length=False)
-        flow.details = f"upstream.http_{response.status_code}"
-        headers = [(k, v) for k, v in headers if k != b"content-type"]
-        content_type = response.headers.get("content-type", "application/json").encode("latin-1")
-        await exchange.whole(response.status_code, body, headers, content_type=content_type)
-
-
-def _parse(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f"request body is not valid JSON: {exc}", "request.invalid_json") from None
-    except RecursionError:
-        raise RequestError(400, "request body is nested too deeply", "request.invalid_json") from None
+        encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
+        body = error_answer(flow.api, status, response.headers.get("content-type"),
+                            b"" if encoded else bytes(data[:MAX_ERROR_BODY]))
+        headers = [(k, v) for k, v in _response_headers(response, flow, keep_length=False)
+                   if k not in (b"content-type", b"content-encoding")]
+        flow.details = f"upstream.http_{status}"
+        await exchange.whole(status, body, headers)
 
 
 def _strips_usage(flow: Flow, adapter: Adapter) -> bool:
@@ -273,6 +287,40 @@ def _response_headers(response: httpx.Response, flow: Flow, keep_length: bool) -
     if flow.extra_headers:
         out.extend(raw_headers(flow.extra_headers))
     return out
+
+
+async def _whole(flow: Flow, adapter: Adapter, meter: UsageMeter, chunks: AsyncIterator[bytes],
+                 cap: int) -> AsyncIterator[bytes]:
+    """A whole body, read before its headers go out and parsed once: its usage to the meter, the object to the
+    adapter, a 502 for garbage. Past the cap a passthrough body goes on unread; a translated one cannot."""
+    seen: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        seen.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            if adapter.rewrites_body:
+                log.warning("request %s: a response body to translate is larger than %d bytes", flow.request_id, cap)
+                raise RequestError(502, f"the upstream's response is larger than the cap of {cap} bytes (request "
+                                        f"{flow.request_id})", "upstream.response_too_large")
+            log.warning("request %s: a response body is larger than %d bytes: passed on unread, its usage not "
+                        "counted", flow.request_id, cap)
+            return _continued(seen, chunks)
+    raw = b"".join(seen)
+    body = parse_object(flow, raw)
+    meter.whole(body)
+    return _once(adapter.whole(flow, body, raw))
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+async def _continued(seen: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in seen:
+        yield chunk
+    async for chunk in rest:
+        yield chunk
 
 
 async def _buffered(body: AsyncIterator[bytes], cap: int) -> AsyncIterator[bytes]:

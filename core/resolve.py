@@ -60,6 +60,12 @@ def _may_use(principal: Principal | None, target: Target, name: str | None = Non
             or principal.may_use(target.model_id))
 
 
+def usable_models(principal: Principal | None, upstreams: Upstreams, names: Iterable[str]) -> list[str]:
+    """The configured names (models, aliases) that ``principal`` may use, as ``resolve_targets`` judges them."""
+    return [name for name in names
+            if (target := upstreams.resolve(name)) is not None and _may_use(principal, target, name)]
+
+
 def _usable(principal: Principal | None, names: Iterable[str]) -> list[str]:
     return [name for name in names if principal is None or principal.may_use(name)]
 

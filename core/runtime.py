@@ -52,11 +52,6 @@ class Runtime:
         self.observers: list[Observer] = []
         registry.manager.hook.outerloop_register_observers(register=self.observers.append, config=config,
                                                            state=self.state)
-        self.timeouts = {
-            p.model: {"connect": p.connect_timeout, "read": p.read_timeout, "write": p.read_timeout,
-                      "pool": p.connect_timeout}
-            for p in config.model_providers
-        }
         self.chains = [ListenerChain(listener.name, self._build_chain(listener)) for listener in config.listeners]
         self._by_port = {listener.port: chain for listener, chain in zip(config.listeners, self.chains)}
         openai = openai_passthrough()

@@ -12,11 +12,12 @@ from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
 
 from hypercorn.asyncio.run import worker_serve
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.utils import wrap_app
 
+from core import connection
 from core.config import Config, Listener
+from core.connection import ServerConfig
 from core.observe import close_access_log, open_access_log
 from core.plugins import Registry, build_registry
 
@@ -33,9 +34,10 @@ def configure_logging(level: str = "info") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def hypercorn_config(listener: Listener, config: Config) -> HypercornConfig:
-    """The one place a listener's YAML becomes hypercorn settings: bind, TLS + ALPN, HTTP/2, drain time."""
-    hc = HypercornConfig()
+def hypercorn_config(listener: Listener, config: Config) -> ServerConfig:
+    """The one place a listener's YAML becomes hypercorn settings: bind, TLS + ALPN, HTTP/2, drain time,
+    keep-alive and the header deadline (core/connection.py enforces it)."""
+    hc = ServerConfig()
     host = f"[{listener.address}]" if ":" in listener.address else listener.address
     hc.bind = [f"{host}:{listener.port}"]
     if listener.tls is not None:
@@ -44,7 +46,8 @@ def hypercorn_config(listener: Listener, config: Config) -> HypercornConfig:
     # h2c with prior knowledge needs no setting: hypercorn recognises the HTTP/2 preface on plaintext.
     hc.alpn_protocols = ["h2", "http/1.1"] if listener.http2 else ["http/1.1"]
     hc.graceful_timeout = config.server.drain_seconds
-    hc.keep_alive_timeout = 75.0
+    hc.keep_alive_timeout = config.server.keep_alive_seconds
+    hc.header_timeout = config.server.header_timeout_seconds
     hc.backlog = 1024
     # The access log is outerloop's own JSON line per request (core/observe.py), not hypercorn's.
     hc.accesslog = None
@@ -65,7 +68,10 @@ async def serve_listeners(
     sockets: list[Sockets] | None = None,
 ) -> None:
     """Serve every listener of `config` with one app until `shutdown_trigger` returns, then drain."""
-    wrapped = wrap_app(app, wsgi_max_body_size=0, mode="asgi")
+    connection.install()
+    # Outermost, so a trickled body is cut off whoever reads it.
+    deadline: Any = connection.BodyDeadline(app, config.server.body_timeout_seconds)
+    wrapped = wrap_app(deadline, wsgi_max_body_size=0, mode="asgi")
     servers = []
     for i, listener in enumerate(config.listeners):
         hc = hypercorn_config(listener, config)

@@ -27,10 +27,16 @@ class EventSplitter:
         """Bytes held while waiting for the end of an event."""
         return len(self._buffer)
 
+    def held(self, limit: int | None = None) -> bytes:
+        """The bytes held (the first ``limit`` of them), left in place."""
+        return bytes(self._buffer[:limit])
+
     def feed(self, chunk: bytes) -> list[bytes]:
+        # A held final "\r" is decided by the next byte, whatever it is.
+        held_cr = self._buffer.endswith(b"\r")
         self._buffer += chunk
         # Only a line break can complete an event; skipping the scan keeps 1-byte feeds linear.
-        if b"\n" not in chunk and b"\r" not in chunk:
+        if not held_cr and b"\n" not in chunk and b"\r" not in chunk:
             return []
         data = bytes(self._buffer)
         # A final "\r" may be the first half of "\r\n": it is decided when the next byte comes.
@@ -55,7 +61,10 @@ def parse_event(event: bytes) -> tuple[str | None, str | None]:
     """(event name, data) of one event; data lines are joined with \\n, None when the event has none."""
     name: str | None = None
     data: list[str] = []
-    for line in event.decode("utf-8", "replace").splitlines():
+    text = event.decode("utf-8", "replace")
+    # Only CR, LF and CRLF end a line (str.splitlines would also split on U+2028, \x85, \x0c... inside data).
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n") if "\r" in text else text.split("\n")
+    for line in lines:
         if not line or line.startswith(":"):
             continue
         field, _, value = line.partition(":")

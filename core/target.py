@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -40,6 +40,11 @@ class Target:
 
     provider: ModelProvider
     upstream: Upstream
+    #: The provider's timeouts as the transport reads them (the `timeout` request extension), built once.
+    timeouts: dict[str, float] = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "timeouts", self.provider.timeouts.transport())
 
     @property
     def model(self) -> str:

@@ -79,6 +79,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         session = self._session or self._open()
         timeout = request.extensions.get("timeout", {})
+        # sock_read bounds the wait for the response headers (first byte); once they are in, the same
+        # per-read timer of the connection is set to `idle`, the longest gap between two body chunks.
         client_timeout = aiohttp.ClientTimeout(
             total=None, connect=timeout.get("pool"), sock_connect=timeout.get("connect"),
             sock_read=timeout.get("read"),
@@ -99,6 +101,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise httpx.ReadTimeout("upstream did not answer in time", request=request) from exc
         except aiohttp.ClientError as exc:
             raise httpx.RemoteProtocolError(f"upstream failed: {exc}", request=request) from exc
+        idle = timeout.get("idle")
+        connection = response.connection
+        if idle is not None and connection is not None and connection.protocol is not None:
+            connection.protocol.read_timeout = idle
         return httpx.Response(
             status_code=response.status,
             headers=[(k, v) for k, v in response.raw_headers],

@@ -48,7 +48,8 @@ class Upstreams:
         pool = self._pools.get(key)
         if pool is not None:
             return pool
-        timeout = httpx.Timeout(provider.read_timeout, connect=provider.connect_timeout, pool=provider.connect_timeout)
+        limits_of = provider.timeouts
+        timeout = httpx.Timeout(limits_of.first_byte, connect=limits_of.connect, pool=limits_of.connect)
         limits = httpx.Limits(max_connections=provider.max_connections)
         transport: httpx.AsyncBaseTransport
         if provider.api == "demo":

@@ -16,6 +16,7 @@ from typing import Any
 from core.flow import Flow
 from core.providers.anthropic_response import FINISH_REASONS
 from core.sse import EventSplitter, parse_event
+from core.upstream_errors import invalid_response
 
 log = logging.getLogger("outerloop.usage")
 
@@ -28,7 +29,8 @@ _COMPACT = (b'"usage":{', b'_reason":"')
 _SPACED = (b'"usage": {', b'_reason": "')
 #: The last event of a stream ends its chunk.
 _STREAM_ENDS = (b"[DONE]\n\n", b"[DONE]\r\n\r\n", b'"message_stop"}\n\n', b'"message_stop"}\r\n\r\n')
-_DECODER = json.JSONDecoder()
+#: The fields of server-sent events (a line starting with ":" is a comment).
+_FIELDS = frozenset({b"data", b"event", b"id", b"retry"})
 
 
 def _openai_shaped(fields: dict[str, int]) -> dict[str, int] | None:
@@ -47,11 +49,12 @@ class UsageMeter:
 
     Streams are split into events (anywhere across chunks); only events that can carry usage are parsed.
     With ``strip`` the usage-only chunk (``choices: []``) that the proxy asked for on the client's behalf is
-    dropped; only then are bytes held back, up to the next event boundary. A whole body is parsed once it
-    is complete, and its last chunk is held until then, so the usage is stored before the client has it.
+    dropped; only then are bytes held back, up to the next event boundary. Events are read until the first
+    data event: a stream that is not SSE with JSON data is ``upstream.invalid_response``.
+    A whole body is read and parsed by the core before its headers go out, and given to :meth:`whole`.
     """
 
-    __slots__ = ("flow", "stream", "strip", "cap", "ended", "_events", "_fields", "_gave_up")
+    __slots__ = ("flow", "stream", "strip", "cap", "ended", "_events", "_fields", "_gave_up", "_checked")
 
     def __init__(self, flow: Flow, *, stream: bool, strip: bool, cap: int) -> None:
         self.flow = flow
@@ -63,19 +66,29 @@ class UsageMeter:
         self._events = EventSplitter()
         self._fields: dict[str, int] = {}
         self._gave_up = False
+        self._checked = False  # the stream's first data event was read and is JSON
 
     def wrap(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        return self._stream(chunks) if self.stream else self._body(chunks)
+        """A stream's chunks, metered (a whole body is parsed by the core and given to :meth:`whole`)."""
+        return self._stream(chunks)
 
     async def _stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         partial = False  # an event begun in an earlier chunk is waiting for its end
         usage_key = reason = b""  # as this upstream writes JSON: compact, or with a space after colons
         async for chunk in chunks:
-            if not usage_key and b'":' in chunk:  # the first chunk with a JSON key tells (not a comment)
-                usage_key, reason = _SPACED if b'": ' in chunk else _COMPACT
+            if not usage_key:
+                # Until the first data event was checked and the JSON style learnt, every event is split and
+                # read (`_event` checks that the stream is SSE with JSON data); the fast path has no test for it.
+                out = self._feed(chunk, end=False)
+                partial = self._events.pending > 0
+                if self._checked and b'":' in chunk:  # the first chunk with a JSON key tells (not a comment)
+                    usage_key, reason = _SPACED if b'": ' in chunk else _COMPACT
+                if out:
+                    yield out
+                continue
             # The common chunk: whole events (a blank line at its end, nothing pending) without a usage
             # object. It is read in place and passes as it is; inline byte tests, as this runs for every chunk.
-            if not partial and usage_key and chunk.endswith(_EVENT_ENDS) and usage_key not in chunk:
+            if not partial and chunk.endswith(_EVENT_ENDS) and usage_key not in chunk:
                 if reason in chunk:  # a finish reason that is not null (every OpenAI chunk has the key)
                     self._finish_in(chunk)
                 if chunk.endswith(_STREAM_ENDS):
@@ -102,15 +115,45 @@ class UsageMeter:
         for event in events:
             if not self._event(event) or not self.strip:
                 kept += event
+        if not self._checked:
+            if end:
+                raise invalid_response(self.flow, "the stream ended before its first data event")
+            if self._events.held(4).lstrip(b"\xef\xbb\xbf")[:1] not in b"deir:\r\n":
+                raise invalid_response(self.flow, f"the stream is not server-sent events: "
+                                                  f"{self._events.held(60)!r}")
         if self._events.pending > self.cap:
+            if not self._checked:
+                raise invalid_response(self.flow, f"the stream's first event is larger than {self.cap} bytes")
             log.warning("request %s: a response event is larger than %d bytes; its usage is not counted",
                         self.flow.request_id, self.cap)
             self._gave_up = True
             kept += self._events.close()
+        # A chunk goes out once the events it completes were checked (and what it begins looks like SSE): a
+        # first event that arrives slowly is not held, and if it proves bad the API's error event ends the stream.
         return bytes(kept) if self.strip else chunk
+
+    def _check(self, event: bytes) -> None:
+        """The first events of a stream must be SSE, and its first data JSON: else the client gets a 502 (or,
+        once bytes went out, the API's error event), not bytes its SDK fails to decode."""
+        for line in event.lstrip(b"\xef\xbb\xbf").splitlines():
+            if line and line[:1] != b":" and line.partition(b":")[0] not in _FIELDS:
+                raise invalid_response(self.flow, f"the stream is not server-sent events: {event[:60]!r}")
+        _, data = parse_event(event)
+        if data is None:
+            return
+        if data.strip() != "[DONE]":
+            try:
+                obj = json.loads(data)
+            except (ValueError, RecursionError):
+                raise invalid_response(self.flow, f"the stream's data is not JSON: {data[:60]!r}") from None
+            if not isinstance(obj, dict):
+                raise invalid_response(self.flow, f"the stream's data is not a JSON object: {data[:60]!r}")
+        self._checked = True
 
     def _event(self, event: bytes) -> bool:
         """Reads one SSE event; True when it is a usage-only chunk."""
+        if not self._checked:
+            self._check(event)
         self._finish_in(event)
         if any(end in event for end in _ENDS):
             self.ended = True
@@ -120,36 +163,19 @@ class UsageMeter:
         obj = self._take(data.encode()) if data is not None else None
         return obj is not None and obj.get("choices") == [] and isinstance(obj.get("usage"), dict)
 
-    async def _body(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        seen: list[bytes] = []
-        size = 0
-        held: bytes | None = None
-        async for chunk in chunks:
-            if held is not None:
-                yield held
-            held = chunk
-            if size <= self.cap:
-                size += len(chunk)
-                seen.append(chunk)
-        if size <= self.cap:
-            self._whole(seen[0] if len(seen) == 1 else b"".join(seen))
+    def whole(self, body: dict[str, Any]) -> None:
+        """Usage and finish reason of a whole body, parsed once by the core (OpenAI- or Anthropic-shaped)."""
+        usage = body.get("usage")
+        if isinstance(usage, dict):
+            self._fields.update({k: v for k, v in usage.items() if type(v) is int})
+            self.flow.usage = _openai_shaped(self._fields)
+        reason = body.get("stop_reason")
+        choices = body.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            reason = choices[0].get("finish_reason")
+        if isinstance(reason, str):
+            self._finish(reason)
         self.ended = True
-        if held is not None:
-            yield held
-
-    def _whole(self, body: bytes) -> None:
-        """Usage and finish reason of a whole JSON body, without parsing all of it: a key can only be a JSON
-        key where its quotes are bare (inside a string they are escaped), so only the usage object is decoded."""
-        for match in reversed(list(_USAGE.finditer(body))):
-            try:
-                usage, _ = _DECODER.raw_decode(body[match.end() - 1:].decode("utf-8", "replace"))
-            except (ValueError, RecursionError):
-                continue
-            if isinstance(usage, dict):
-                self._fields.update({k: v for k, v in usage.items() if type(v) is int})
-                self.flow.usage = _openai_shaped(self._fields)
-                break
-        self._finish_in(body)
 
     def _finish_in(self, data: bytes) -> None:
         finish = _FINISH.search(data)

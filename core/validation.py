@@ -1,10 +1,16 @@
-"""Type checks on the fields of chat requests the proxy relies on: a wrong type is a 400 naming the field."""
+"""Request bodies parsed and type-checked on the fields the proxy relies on: a fault is a 400 naming it."""
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 from core.errors import RequestError
+
+# Only a body with a \uD800-\uDFFF escape can decode to a lone surrogate (strict UTF-8 rejects encoded ones).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 _NUMBER = (int, float)
 _OPENAI_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -27,6 +33,52 @@ _ROLES = {
     "openai": frozenset({"system", "developer", "user", "assistant", "tool", "function"}),
     "anthropic": frozenset({"user", "assistant"}),
 }
+
+
+def parse_body(raw: bytes) -> Any:
+    """The JSON value of a request body: strict UTF-8, standard JSON (no NaN), no unpaired surrogate escape.
+
+    A lone surrogate cannot be encoded again, so every filter or translator that re-encodes the body would fail.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(400, f"request body is not valid UTF-8 (byte {exc.start})",
+                           "request.invalid_unicode") from None
+    try:
+        body = json.loads(text[1:] if text.startswith("\ufeff") else text, parse_constant=_no_constant)
+    except ValueError as exc:
+        raise RequestError(400, f"request body is not valid JSON: {exc}", "request.invalid_json") from None
+    except RecursionError:
+        raise RequestError(400, "request body is nested too deeply", "request.invalid_json") from None
+    if b"\\u" in raw and _SURROGATE_ESCAPE.search(raw):
+        where = _lone_surrogate(body)
+        if where is not None:
+            raise RequestError(400, f"'{where or 'body'}' has an unpaired surrogate escape (\\ud800-\\udfff)",
+                               "request.invalid_unicode", where or None)
+    return body
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _lone_surrogate(body: Any) -> str | None:
+    """The path of a string holding an unpaired surrogate (a key: its object's path), else None. Iterative."""
+    stack: list[tuple[Any, str]] = [(body, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if _SURROGATE.search(key):
+                    return path
+                stack.append((item, f"{path}.{key}" if path else key))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(value))
+    return None
 
 
 def _fail(param: str, message: str) -> RequestError:

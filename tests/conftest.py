@@ -7,9 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.harness import RedisServer, serve_app
 from tests.upstream import Upstream
+
+# Property tests: the same examples on every run (CI), no per-example deadline (a loaded machine is slow).
+settings.register_profile("outerloop", derandomize=True, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("outerloop")
 
 
 @pytest.fixture
@@ -52,7 +58,7 @@ def proxy_config(base_url: str, filters: list[Any] | None = None, **extra: Any) 
         "model_providers": [
             {"model": "test/test-model", "base_url": base_url, "default": True, "access_key": "sk-upstream-secret"},
             {"model": "test/slow", "base_url": base_url},
-            {"model": "test/hang", "base_url": base_url, "read_timeout": 0.5},
+            {"model": "test/hang", "base_url": base_url, "timeouts": {"first_byte": 0.5}},
             {"model": "test/fail-500", "base_url": base_url},
             {"model": "test/fail-429", "base_url": base_url},
             {"model": "test/fail-400", "base_url": base_url},

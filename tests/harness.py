@@ -104,11 +104,23 @@ def _waiter(event: asyncio.Event) -> Any:
 class Proxy:
     """A running outerloop: its config, the ports of its listeners, and the URL of the first."""
 
-    def __init__(self, config: Config, ports: list[int], app: Any) -> None:
+    def __init__(self, config: Config, ports: list[int], app: Any,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.config = config
         self.ports = ports
         self.app = app
+        #: The loop the proxy runs on (in its own thread).
+        self.loop = loop
         self.url = f"http://127.0.0.1:{ports[0]}"
+
+    def tasks(self) -> int:
+        """How many asyncio tasks the proxy's loop holds (this count's own task not included)."""
+        assert self.loop is not None
+
+        async def count() -> int:
+            return len(asyncio.all_tasks()) - 1
+
+        return asyncio.run_coroutine_threadsafe(count(), self.loop).result(5)
 
     @property
     def runtime(self) -> Any:
@@ -144,7 +156,7 @@ def run_proxy(raw: dict[str, Any], plugins: tuple[object, ...] = (), registry: R
     try:
         for port in ports:
             wait_for_port(port)
-        yield Proxy(config, ports, app)
+        yield Proxy(config, ports, app, runner.loop)
     finally:
         runner.loop.call_soon_threadsafe(stop.set)
         try:

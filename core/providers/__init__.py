@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import httpx
@@ -23,7 +23,10 @@ class Adapter(Protocol):
     def request(self, flow: Flow, target: Target) -> httpx.Request: ...
 
     def body(self, flow: Flow, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """The client's body from the upstream's (already metered) body chunks."""
+        """The client's stream from the upstream's (already metered) stream chunks; a passthrough adapter
+        also gets the chunks of a whole body too large to be read (``limits.max_buffered_response_bytes``)."""
         ...
 
-    def error_body(self, flow: Flow, status: int, body: bytes) -> bytes: ...
+    def whole(self, flow: Flow, body: dict[str, Any], raw: bytes) -> bytes:
+        """The client's body from the upstream's whole body, parsed once by the core (``raw`` as received)."""
+        ...

@@ -214,7 +214,7 @@ def _assistant_blocks(message: dict[str, Any], field: str) -> list[dict[str, Any
         arguments = expect_string(function.get("arguments") or "{}", f"{at}.function.arguments")
         try:
             tool_input = json.loads(arguments)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise TranslationError(f"{at}.function.arguments", "not valid JSON") from None
         blocks.append({
             "type": "tool_use",

@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Any
 
-from core.errors import ANTHROPIC_STATUSES, anthropic_error, anthropic_error_type, openai_error
+from core.errors import ANTHROPIC_STATUSES
 from core.providers.anthropic import (
     TranslationError,
     compact_json,
@@ -36,6 +36,21 @@ STOP_REASONS = {
 }
 
 
+def finish_reason(stop_reason: object) -> str:
+    """OpenAI's finish_reason for an Anthropic stop_reason; "stop" when unknown or not a string."""
+    return FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+
+
+def stop_reason(finish_reason: object) -> str:
+    """Anthropic's stop_reason for an OpenAI finish_reason; "end_turn" when unknown or not a string."""
+    return STOP_REASONS.get(finish_reason, "end_turn") if isinstance(finish_reason, str) else "end_turn"
+
+
+def _tokens(value: object) -> int:
+    # An upstream's count that is not a non-negative integer (null, "12", 1.5) counts as nothing.
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def chat_completion_id(message_id: object) -> str:
     suffix = message_id.removeprefix("msg_") if isinstance(message_id, str) and message_id else uuid.uuid4().hex
     return f"chatcmpl-{suffix}"
@@ -49,9 +64,9 @@ def message_id(completion_id: object) -> str:
 def openai_usage(usage: object) -> dict[str, Any]:
     """Anthropic usage as OpenAI's: prompt_tokens counts cached input too, as OpenAI's does."""
     usage = usage if isinstance(usage, dict) else {}
-    cache_read = usage.get("cache_read_input_tokens") or 0
-    prompt = (usage.get("input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0) + cache_read
-    completion = usage.get("output_tokens") or 0
+    cache_read = _tokens(usage.get("cache_read_input_tokens"))
+    prompt = _tokens(usage.get("input_tokens")) + _tokens(usage.get("cache_creation_input_tokens")) + cache_read
+    completion = _tokens(usage.get("output_tokens"))
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -64,10 +79,10 @@ def anthropic_usage(usage: object) -> dict[str, Any]:
     """OpenAI usage as Anthropic's, where input_tokens excludes what was read from the cache."""
     usage = usage if isinstance(usage, dict) else {}
     details = usage.get("prompt_tokens_details")
-    cached = (details.get("cached_tokens") if isinstance(details, dict) else None) or 0
+    cached = _tokens(details.get("cached_tokens") if isinstance(details, dict) else None)
     return {
-        "input_tokens": max((usage.get("prompt_tokens") or 0) - cached, 0),
-        "output_tokens": usage.get("completion_tokens") or 0,
+        "input_tokens": max(_tokens(usage.get("prompt_tokens")) - cached, 0),
+        "output_tokens": _tokens(usage.get("completion_tokens")),
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": cached,
     }
@@ -110,7 +125,7 @@ def anthropic_to_openai_response(body: dict[str, Any], model: str) -> dict[str, 
             "index": 0,
             "message": message,
             "logprobs": None,
-            "finish_reason": FINISH_REASONS.get(body.get("stop_reason") or "", "stop"),
+            "finish_reason": finish_reason(body.get("stop_reason")),
         }],
         "usage": openai_usage(body.get("usage")),
     }
@@ -133,7 +148,7 @@ def openai_to_anthropic_response(body: dict[str, Any], model: str) -> dict[str, 
         function = expect_object(call.get("function"), f"{at}.function")
         try:
             tool_input = json.loads(expect_string(function.get("arguments") or "{}", f"{at}.function.arguments"))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise TranslationError(f"{at}.function.arguments", "not valid JSON") from None
         content.append({
             "type": "tool_use",
@@ -147,7 +162,7 @@ def openai_to_anthropic_response(body: dict[str, Any], model: str) -> dict[str, 
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": STOP_REASONS.get(choice.get("finish_reason") or "", "end_turn"),
+        "stop_reason": stop_reason(choice.get("finish_reason")),
         "stop_sequence": None,
         "usage": anthropic_usage(body.get("usage")),
     }
@@ -159,40 +174,3 @@ def openai_to_anthropic_response(body: dict[str, Any], model: str) -> dict[str, 
 def anthropic_error_status(error_type: object) -> int:
     """The HTTP status Anthropic pairs with an error type (500 when unknown), for errors that arrive in a stream."""
     return ANTHROPIC_STATUSES.get(error_type, 500) if isinstance(error_type, str) else 500
-
-
-def openai_error_to_anthropic(body: bytes, status: int) -> bytes:
-    data = _error_json(body)
-    error = data.get("error")
-    message, code = None, None
-    if isinstance(error, dict):
-        message, code = error.get("message"), error.get("code") or error.get("type")
-    elif isinstance(error, str):
-        message = error
-    message = message or data.get("message") or data.get("detail")
-    error = anthropic_error(status, _error_text(message, body, status), f"upstream.{code or 'error'}")
-    return compact_json(error).encode()
-
-
-def anthropic_error_to_openai(body: bytes, status: int) -> bytes:
-    error = _error_json(body).get("error")
-    error = error if isinstance(error, dict) else {}
-    code = error["type"] if isinstance(error.get("type"), str) else anthropic_error_type(status)
-    message = _error_text(error.get("message"), body, status)
-    return compact_json(openai_error(status, message, f"upstream.{code}")).encode()
-
-
-def _error_json(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _error_text(message: object, body: bytes, status: int) -> str:
-    if isinstance(message, str) and message:
-        return message
-    # Not a JSON error body (an HTML page from a load balancer, say): pass on a bounded excerpt.
-    text = body.decode("utf-8", "replace").strip()[:1000]
-    return text or f"upstream returned HTTP {status}"

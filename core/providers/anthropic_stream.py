@@ -10,13 +10,13 @@ from core.errors import anthropic_error, openai_error
 from core.sse import SSEDecoder, encode_event
 from core.providers.anthropic import TranslationError, tool_id
 from core.providers.anthropic_response import (
-    FINISH_REASONS,
-    STOP_REASONS,
     anthropic_error_status,
     anthropic_usage,
     chat_completion_id,
+    finish_reason,
     message_id,
     openai_usage,
+    stop_reason,
 )
 
 _DONE = b"data: [DONE]\n\n"
@@ -25,7 +25,7 @@ _DONE = b"data: [DONE]\n\n"
 def _payload(data: str, event: str) -> dict[str, Any]:
     try:
         payload = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise TranslationError(f"{event or 'data'} event", "data is not JSON") from None
     if not isinstance(payload, dict):
         raise TranslationError(f"{event or 'data'} event", "data is not a JSON object")
@@ -34,6 +34,14 @@ def _payload(data: str, event: str) -> dict[str, Any]:
 
 def _object(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _array(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _index(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else -1
 
 
 def _text_or(value: object, default: str) -> str:
@@ -78,7 +86,7 @@ class AnthropicToOpenAIStream:
             if block.get("type") == "text" and block.get("text"):
                 return self._chunk({"content": block["text"]})
             if block.get("type") == "tool_use":
-                index = self._tool_calls[payload.get("index", -1)] = len(self._tool_calls)
+                index = self._tool_calls[_index(payload.get("index"))] = len(self._tool_calls)
                 function = {"name": block.get("name"), "arguments": ""}
                 opened = {"index": index, "id": block.get("id"), "type": "function", "function": function}
                 return self._chunk({"tool_calls": [opened]})
@@ -87,14 +95,13 @@ class AnthropicToOpenAIStream:
             delta = _object(payload.get("delta"))
             if delta.get("type") == "text_delta" and delta.get("text"):
                 return self._chunk({"content": delta["text"]})
-            call = self._tool_calls.get(payload.get("index", -1))
+            call = self._tool_calls.get(_index(payload.get("index")))
             if delta.get("type") == "input_json_delta" and delta.get("partial_json") and call is not None:
                 return self._chunk({"tool_calls": [{"index": call, "function": {"arguments": delta["partial_json"]}}]})
             return b""
         if kind == "message_delta":
             self._count(payload.get("usage"))
-            stop_reason = _object(payload.get("delta")).get("stop_reason")
-            return self._chunk({}, FINISH_REASONS.get(stop_reason or "", "stop"))
+            return self._chunk({}, finish_reason(_object(payload.get("delta")).get("stop_reason")))
         if kind == "message_stop":
             self._done = True
             if self.include_usage:
@@ -165,7 +172,7 @@ class OpenAIToAnthropicStream:
         out = b"" if self._started else self._start(payload.get("id"))
         if isinstance(payload.get("usage"), dict):
             self.usage = payload["usage"]
-        for choice in payload.get("choices") or []:
+        for choice in _array(payload.get("choices")):
             choice = _object(choice)
             if choice.get("index", 0) != 0:
                 continue  # Anthropic has one choice; n > 1 was refused when the request was translated
@@ -173,10 +180,11 @@ class OpenAIToAnthropicStream:
             for key in ("content", "refusal"):
                 if isinstance(delta.get(key), str) and delta[key]:
                     out += self._text(delta[key])
-            for call in delta.get("tool_calls") or []:
+            for call in _array(delta.get("tool_calls")):
                 out += self._tool_call(_object(call))
-            if choice.get("finish_reason"):
-                self._finish_reason = choice["finish_reason"]
+            finish = choice.get("finish_reason")
+            if finish:
+                self._finish_reason = finish if isinstance(finish, str) else "stop"
         return out
 
     def _start(self, completion_id: object) -> bytes:
@@ -242,7 +250,7 @@ class OpenAIToAnthropicStream:
         usage: dict[str, Any] = {"output_tokens": 0}
         if self.usage is not None:
             usage = anthropic_usage(self.usage)
-        delta = {"stop_reason": STOP_REASONS.get(self._finish_reason or "", "end_turn"), "stop_sequence": None}
+        delta = {"stop_reason": stop_reason(self._finish_reason), "stop_sequence": None}
         out += encode_event({"type": "message_delta", "delta": delta, "usage": usage}, "message_delta")
         return out + encode_event({"type": "message_stop"}, "message_stop")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -17,15 +16,11 @@ from core.providers.anthropic import (
     anthropic_to_openai_request,
     openai_to_anthropic_request,
 )
-from core.providers.anthropic_response import (
-    anthropic_error_to_openai,
-    anthropic_to_openai_response,
-    openai_error_to_anthropic,
-    openai_to_anthropic_response,
-)
+from core.providers.anthropic_response import anthropic_to_openai_response, openai_to_anthropic_response
 from core.providers.anthropic_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 from core.providers.openai import Passthrough, bearer_headers
 from core.target import Target
+from core.upstream_errors import invalid_response
 
 # Anthropic request headers a client may set that change behaviour upstream (betas, versions).
 _ANTHROPIC_CLIENT_HEADERS = ("anthropic-version", "anthropic-beta")
@@ -88,21 +83,23 @@ class _TranslatingAdapter(ABC):
                              content=body)
 
     async def body(self, flow: Flow, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        model = flow.served_by.model_id if flow.served_by else flow.model or ""
-        if flow.stream:
-            translator = self.stream_translator(flow, model)
+        translator = self.stream_translator(flow, _model(flow))
+        try:
             async for chunk in chunks:
                 out = translator.feed(chunk)
                 if out:
                     yield out
             tail = translator.close()
-            if tail:
-                yield tail
-            return
-        data = bytearray()
-        async for chunk in chunks:
-            data += chunk
-        yield encode_json(self.translate_response(json.loads(data), model))
+        except TranslationError as exc:
+            raise invalid_response(flow, f"the stream cannot be translated: {exc}") from None
+        if tail:
+            yield tail
+
+    def whole(self, flow: Flow, body: dict[str, Any], raw: bytes) -> bytes:
+        try:
+            return encode_json(self.translate_response(body, _model(flow)))
+        except TranslationError as exc:
+            raise invalid_response(flow, f"the body cannot be translated: {exc}") from None
 
 
 class OpenAIClientAnthropicUpstream(_TranslatingAdapter):
@@ -118,9 +115,6 @@ class OpenAIClientAnthropicUpstream(_TranslatingAdapter):
     def translate_response(self, body: dict[str, Any], model: str) -> dict[str, Any]:
         return anthropic_to_openai_response(body, model)
 
-    def error_body(self, flow: Flow, status: int, body: bytes) -> bytes:
-        return anthropic_error_to_openai(body, status)
-
 
 class AnthropicClientOpenAIUpstream(_TranslatingAdapter):
     """Anthropic messages in, OpenAI-shaped upstream (OpenAI, vLLM, Ollama, demo), Anthropic shapes back."""
@@ -135,8 +129,9 @@ class AnthropicClientOpenAIUpstream(_TranslatingAdapter):
     def translate_response(self, body: dict[str, Any], model: str) -> dict[str, Any]:
         return openai_to_anthropic_response(body, model)
 
-    def error_body(self, flow: Flow, status: int, body: bytes) -> bytes:
-        return openai_error_to_anthropic(body, status)
+
+def _model(flow: Flow) -> str:
+    return flow.served_by.model_id if flow.served_by else flow.model or ""
 
 
 def anthropic_passthrough() -> Passthrough:

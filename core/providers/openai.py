@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 
@@ -71,8 +72,8 @@ class Passthrough:
     def body(self, flow: Flow, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         return chunks
 
-    def error_body(self, flow: Flow, status: int, body: bytes) -> bytes:
-        return body
+    def whole(self, flow: Flow, body: dict[str, Any], raw: bytes) -> bytes:
+        return raw
 
 
 def openai_passthrough() -> Passthrough:

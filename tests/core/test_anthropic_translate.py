@@ -27,9 +27,7 @@ from core.providers.anthropic import (
     openai_to_anthropic_request,
 )
 from core.providers.anthropic_response import (
-    anthropic_error_to_openai,
     anthropic_to_openai_response,
-    openai_error_to_anthropic,
     openai_to_anthropic_response,
 )
 from core.providers.anthropic_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
@@ -873,52 +871,6 @@ def test_anthropic_error_shape(status: int, error_type: str, exception: type[Exc
     with pytest.raises(exception) as caught:
         client.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert "slow down" in str(caught.value)
-
-
-def test_openai_error_to_anthropic() -> None:
-    error = {"message": "Rate limit reached", "type": "requests", "param": None, "code": "rate_limit_exceeded"}
-    out = json.loads(openai_error_to_anthropic(json.dumps({"error": error}).encode(), 429))
-    assert out == {
-        "type": "error",
-        "error": {"type": "rate_limit_error", "message": "Rate limit reached", "code": "upstream.rate_limit_exceeded"},
-    }
-
-
-@pytest.mark.parametrize(
-    ("upstream", "message"),
-    [
-        (b"<html>Bad Gateway</html>", "<html>Bad Gateway</html>"),
-        (b"", "upstream returned HTTP 502"),
-        (b'{"error": "model overloaded"}', "model overloaded"),
-        (b'{"detail": "Not Found"}', "Not Found"),
-        (b'["odd"]', '["odd"]'),
-    ],
-)
-def test_odd_openai_errors_still_make_anthropic_errors(upstream: bytes, message: str) -> None:
-    out = json.loads(openai_error_to_anthropic(upstream, 502))
-    ErrorResponse.model_validate(out)
-    assert out["error"]["message"] == message
-
-
-def test_anthropic_error_to_openai() -> None:
-    error = {"type": "overloaded_error", "message": "Overloaded"}
-    out = anthropic_error_to_openai(json.dumps({"type": "error", "error": error, "request_id": "r"}).encode(), 529)
-    assert json.loads(out) == {
-        "error": {"message": "Overloaded", "type": "server_error", "param": None, "code": "upstream.overloaded_error"}
-    }
-    client = openai_client(529, out)
-    with pytest.raises(openai.APIStatusError) as caught:
-        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
-    assert caught.value.status_code == 529 and "Overloaded" in caught.value.message
-
-
-def test_non_json_anthropic_error_to_openai() -> None:
-    out = json.loads(anthropic_error_to_openai(b"upstream connect error", 503))
-    assert out["error"]["message"] == "upstream connect error"
-    assert out["error"]["code"] == "upstream.overloaded_error"
-
-
-# SSE decoding
 
 
 @pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])

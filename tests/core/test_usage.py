@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from core.config import ModelProvider
+from core.errors import RequestError
 from core.flow import Flow
 from core.providers.openai import openai_passthrough
 from core.target import Target, Upstream
@@ -86,55 +87,54 @@ def test_anthropic_events_and_an_unterminated_tail() -> None:
     assert meter_all(UsageMeter(flow, stream=True, strip=False, cap=1 << 20), events) == events
     assert flow.usage == {"prompt_tokens": 25, "completion_tokens": 9, "total_tokens": 34}
     assert flow.finish_reason == "tool_calls"
-    broken = make_flow()
-    assert meter_all(UsageMeter(broken, stream=True, strip=True, cap=1 << 20), b"data: {not json") \
-        == b"data: {not json"
-    assert broken.usage is None
+    later = make_flow()
+    # Only the first data event is checked: later garbage passes (the SDK or the translator reports it).
+    assert meter_all(UsageMeter(later, stream=True, strip=True, cap=1 << 20), sse(CHUNKS[0]), b"data: {not json") \
+        == sse(CHUNKS[0]) + b"data: {not json"
+    assert later.usage is None
+
+
+@pytest.mark.parametrize("stream", [b"data: {not json\n\n", b"<html><body>502</body></html>", b'{"id": "x"}',
+                                    b"hello\n\n", b"data: [1, 2]\n\n", b"", b": just a comment\n\n"])
+def test_a_stream_that_is_not_sse_with_json_data_is_refused(stream: bytes) -> None:
+    for strip in (False, True):
+        with pytest.raises(RequestError) as refused:
+            meter_all(UsageMeter(make_flow(), stream=True, strip=strip, cap=1 << 20), stream[:3], stream[3:])
+        assert refused.value.status == 502 and refused.value.code == "upstream.invalid_response"
+
+
+def test_a_chunk_goes_out_once_the_events_it_completes_were_checked() -> None:
+    first = sse(CHUNKS[0])
+    out: list[bytes] = []
+
+    async def run(*parts: bytes) -> None:
+        async for chunk in UsageMeter(make_flow(), stream=True, strip=False, cap=1 << 20).wrap(_chunks(*parts)):
+            out.append(chunk)
+
+    parts = (b": comment\n\n" + first[:9], first[9:] + first[:5], first[5:], sse(b"[DONE]"))
+    asyncio.run(run(*parts))
+    assert out == list(parts)  # a first event arriving slowly is not held
+    out.clear()
+    with pytest.raises(RequestError):
+        asyncio.run(run(b"data: {", b"not json}\n\n"))
+    assert out == [b"data: {"]  # its start went out (the core ends the stream with the API's error event)
 
 
 def test_whole_bodies_openai_and_anthropic_and_garbage() -> None:
-    body = json.dumps({"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}],
-                       "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}}).encode()
     flow = make_flow(stream=False)
-    assert meter_all(UsageMeter(flow, stream=False, strip=False, cap=1 << 20), body[:9], body[9:]) == body
+    meter = UsageMeter(flow, stream=False, strip=False, cap=1 << 20)
+    meter.whole({"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}})
     assert flow.usage == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
-    assert flow.finish_reason == "stop"
-    message = json.dumps({"type": "message", "stop_reason": "max_tokens",
-                          "usage": {"input_tokens": 7, "output_tokens": 5}}).encode()
+    assert flow.finish_reason == "stop" and meter.ended
     anthropic = make_flow(stream=False)
-    meter_all(UsageMeter(anthropic, stream=False, strip=False, cap=1 << 20), message)
+    UsageMeter(anthropic, stream=False, strip=False, cap=1 << 20).whole(
+        {"type": "message", "stop_reason": "max_tokens", "usage": {"input_tokens": 7, "output_tokens": 5}})
     assert anthropic.usage == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
     assert anthropic.finish_reason == "length"
     garbage = make_flow(stream=False)
-    assert meter_all(UsageMeter(garbage, stream=False, strip=False, cap=1 << 20), b'{"usage": "lots"}') \
-        == b'{"usage": "lots"}'
-    assert garbage.usage is None
-
-
-def test_a_body_over_the_cap_passes_uncounted() -> None:
-    body = json.dumps({"usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                       "pad": "p" * 100}).encode()
-    flow = make_flow(stream=False)
-    assert meter_all(UsageMeter(flow, stream=False, strip=False, cap=50), body[:60], body[60:]) == body
-    assert flow.usage is None
-
-
-def test_the_last_body_chunk_is_held_until_usage_is_stored() -> None:
-    body = json.dumps({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2,
-                                                "total_tokens": 3}}).encode()
-    flow = make_flow(stream=False)
-    meter = UsageMeter(flow, stream=False, strip=False, cap=1 << 20)
-    usage_at_last: list[Any] = []
-
-    async def run() -> None:
-        received = b""
-        async for chunk in meter.wrap(_chunks(body[:5], body[5:])):
-            received += chunk
-            if received == body:
-                usage_at_last.append(flow.usage)
-
-    asyncio.run(run())
-    assert usage_at_last == [{"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}]
+    UsageMeter(garbage, stream=False, strip=False, cap=1 << 20).whole({"usage": "lots", "choices": [7]})
+    assert garbage.usage is None and garbage.finish_reason is None
 
 
 def test_openai_streams_ask_for_usage_without_touching_what_the_client_asked() -> None:

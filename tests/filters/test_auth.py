@@ -220,9 +220,10 @@ def test_hs256_token_maps_claims_to_principal() -> None:
     assert rejected(flt, make_flow({"x-api-key": "sk-unknown"})).details == "auth.invalid_key"
 
 
+# Times are offsets from when the test runs ("now+120"), not from collection: the suite runs for minutes.
 @pytest.mark.parametrize(("claims", "details"), [
-    ({"exp": int(time.time()) - 120}, "auth.token_expired"),
-    ({"nbf": int(time.time()) + 120}, "auth.invalid_token"),
+    ({"exp": "now-120"}, "auth.token_expired"),
+    ({"nbf": "now+120"}, "auth.invalid_token"),
     ({"iss": "https://evil"}, "auth.invalid_token"),
     ({"aud": "someone-else"}, "auth.invalid_token"),
     ({"sub": ""}, "auth.invalid_token"),
@@ -231,6 +232,8 @@ def test_hs256_token_maps_claims_to_principal() -> None:
 ])
 def test_jwt_claims_are_checked(claims: dict[str, Any], details: str) -> None:
     flt = jwt_filter(issuer="https://idp", audience="outerloop", models_claim="models", leeway_seconds=30)
+    now = int(time.time())
+    claims = {k: now + int(v[3:]) if isinstance(v, str) and v.startswith("now") else v for k, v in claims.items()}
     token = hs({"sub": "u1", "iss": "https://idp", "aud": "outerloop", **claims})
     reply = rejected(flt, make_flow({"authorization": f"Bearer {token}"}))
     assert (reply.status, reply.details) == (401, details)
