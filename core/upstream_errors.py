@@ -43,10 +43,11 @@ def _message(body: bytes) -> tuple[str | None, str | None]:
     if not isinstance(data, dict):
         return None, None
     error = data.get("error")
-    param = None
+    param = code = None
     if isinstance(error, dict):
         message: object = error.get("message")
         param = error.get("param")
+        code = error.get("code") or error.get("type")
     else:
         message = error
     for key in ("message", "detail"):
@@ -54,6 +55,9 @@ def _message(body: bytes) -> tuple[str | None, str | None]:
             message = data.get(key)
     if not isinstance(message, str) or not message.strip():
         return None, None
+    if isinstance(code, str) and code.strip():
+        # Clients that act on the provider's code (context_length_exceeded) still find it in the message.
+        message = f"{message} (upstream code: {code})"
     return _safe(message), (_safe(param) if isinstance(param, str) and param else None)
 
 

@@ -170,7 +170,8 @@ def test_error_statuses(upstream: tuple[Upstream, str]) -> None:
         upstream_400 = _post(url, json.dumps({"model": "fail-400", "messages": MESSAGES}))
         assert upstream_400.status_code == 400 and _error(upstream_400)["code"] == "upstream.http_400"
         upstream_500 = _post(url, json.dumps({"model": "fail-500", "messages": MESSAGES}))
-        assert upstream_500.status_code == 500 and _error(upstream_500)["message"] == "upstream says 500"
+        assert upstream_500.status_code == 500
+        assert _error(upstream_500)["message"] == "upstream says 500 (upstream code: test_500)"
 
         timeout = _post(url, json.dumps({"model": "hang", "messages": MESSAGES}))
         assert timeout.status_code == 504 and _error(timeout)["code"] == "upstream.timeout"
