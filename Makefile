@@ -8,7 +8,7 @@ RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 CONFIG ?= configs/default.yaml
 
-.PHONY: run test bench venv redis clean
+.PHONY: run test bench soak venv redis clean
 
 $(RUN_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ test: $(TEST_STAMP) redis
 bench: $(TEST_STAMP)
 	$(PY) bench/overhead.py
 	$(PY) bench/routing.py
+
+# 100k requests through the full chain with faults mixed in; RSS and open fds plotted (the bench extra's
+# matplotlib), growth after warm-up checked. A benchmark, not a test: a few minutes, bench/out/soak.{md,png}.
+$(VENV)/.installed-bench: $(RUN_STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $@
+
+soak: $(VENV)/.installed-bench
+	$(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache
