@@ -47,8 +47,10 @@ class App:
             Route("/chat/completions", ProxyEndpoint(runtime, "openai")),
             Route("/v1/messages", ProxyEndpoint(runtime, "anthropic")),
             Route("/v1/models", Authenticated(runtime, _get_only(self.models))),
-            # Open, for load balancers: it says nothing but that this process serves.
-            Route("/healthz", _get_only(self.healthz)),
+            # Open, for load balancers: it says nothing but that this process serves. `?verbose=1` adds the
+            # deployments' health (core.balancing), guarded like the other endpoints.
+            Route("/healthz", _Verbose(_get_only(self.healthz),
+                                       Authenticated(runtime, _get_only(self.healthz_verbose)))),
         ]
         for entry in runtime.registry.routes(runtime.config, runtime.state):
             route = Route(entry.path, entry.endpoint, methods=list(entry.methods) or None)
@@ -115,6 +117,24 @@ class App:
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+    async def healthz_verbose(self, request: Request) -> Response:
+        """This process's view of every model's deployments: healthy, ejected (for how long) or probing."""
+        return JSONResponse({"status": "ok", "models": self.runtime.balancers.health()})
+
+
+class _Verbose:
+    """`plain` for a bare request, `verbose` when the query asks for details (`?verbose=1`)."""
+
+    def __init__(self, plain: ASGIApp, verbose: ASGIApp) -> None:
+        self.plain = plain
+        self.verbose = verbose
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query = scope.get("query_string", b"").decode("latin-1")
+        verbose = any(part.partition("=")[0] == "verbose" and part.partition("=")[2] not in ("0", "false")
+                      for part in query.split("&"))
+        await (self.verbose if verbose else self.plain)(scope, receive, send)
 
 
 class Authenticated:

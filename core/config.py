@@ -21,22 +21,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-log = logging.getLogger("outerloop.config")
+from core.catalogue import AZURE_API_VERSION, AZURE_OPENAI, PROVIDERS, known
 
-# Providers whose API shape and address are known; any other prefix is an OpenAI-compatible server and
-# needs a base_url (vLLM, Ollama, LM Studio, TGI...).
-KNOWN_PROVIDERS: dict[str, tuple[str, str | None]] = {
-    "openai": ("openai", "https://api.openai.com/v1"),
-    "anthropic": ("anthropic", "https://api.anthropic.com/v1"),
-    "demo": ("demo", None),
-    "groq": ("openai", "https://api.groq.com/openai/v1"),
-    "mistral": ("openai", "https://api.mistral.ai/v1"),
-    "deepseek": ("openai", "https://api.deepseek.com/v1"),
-    "together": ("openai", "https://api.together.xyz/v1"),
-    "openrouter": ("openai", "https://openrouter.ai/api/v1"),
-    "ollama": ("openai", "http://127.0.0.1:11434/v1"),
-    "vllm": ("openai", None),
-}
+log = logging.getLogger("outerloop.config")
 
 
 class Section(BaseModel):
@@ -143,6 +130,46 @@ class Timeouts(Section):
                 "idle": self.idle}
 
 
+class Backoff(Section):
+    """The wait before a retry on the same model: full jitter, ``random(0, min(max_ms, base_ms * 2**n))``."""
+
+    base_ms: float = Field(default=100.0, ge=0, description="the wait before the first retry, before jitter")
+    max_ms: float = Field(default=5000.0, ge=0, description="the cap of the growing wait")
+    jitter: bool = Field(default=True, description="full jitter (a random wait up to the computed one); false "
+                         "waits the computed time")
+
+
+class RetryPolicy(Section):
+    """Retries and fallbacks of one model (or the top-level default). Without one: one attempt per model."""
+
+    max_attempts: int = Field(default=1, ge=1, description="attempts on this model (its deployments), the "
+                              "first included, before its fallbacks are tried")
+    on_status: list[Annotated[int, Field(ge=400, le=599)]] = Field(default=[429, 500, 502, 503, 504, 529],
+                                 description="upstream statuses that are retried, then failed over")
+    on_connect_error: bool = Field(default=True, description="retry when the upstream could not be reached "
+                                   "(a connect failure always moves to another healthy deployment)")
+    backoff: Backoff = Field(default=Backoff(), description="the wait between retries on the same model")
+    respect_retry_after: bool = Field(default=True, description="wait what a 429/503's Retry-After says "
+                                      "(seconds or an HTTP date) when it fits under timeouts.total; when it "
+                                      "does not, the next fallback is tried at once")
+    fallback_models: list[str] = Field(default=[], description="models (provider/id, id or alias) tried in "
+                                       "order when this one fails; one the caller's principal may not use "
+                                       "is skipped")
+
+
+class OutlierDetection(Section):
+    """Envoy's consecutive-failure outlier detection, per deployment, per worker process."""
+
+    consecutive_failures: int = Field(default=5, ge=1, description="connect errors or 5xx in a row that "
+                                      "eject a deployment")
+    base_ejection_seconds: float = Field(default=30.0, gt=0, description="the first ejection's length; the "
+                                         "n-th lasts n times as long")
+    max_ejection_seconds: float = Field(default=300.0, gt=0, description="the cap of an ejection's length")
+
+
+LoadBalancing = Literal["weighted_round_robin", "least_outstanding"]
+
+
 class ModelProvider(Section):
     model: str = Field(description="provider/id, e.g. openai/gpt-4o-mini")
     access_key: SecretStr | None = None
@@ -153,8 +180,21 @@ class ModelProvider(Section):
     interface: Literal["openai", "anthropic", "demo"] | None = Field(
         default=None, description="API shape; inferred from the provider prefix when omitted"
     )
+    resource: str | None = Field(default=None, description="azure_openai: the Azure resource name "
+                                 "(https://RESOURCE.openai.azure.com)")
+    deployment: str | None = Field(default=None, description="azure_openai: the deployment's name")
+    api_version: str | None = Field(default=None, description=f"azure_openai: the api-version query "
+                                    f"parameter, {AZURE_API_VERSION} when omitted")
     timeouts: Timeouts = Timeouts()
     max_connections: int = Field(default=512, gt=0)
+    weight: int = Field(default=1, ge=1, le=1000, description="this deployment's share among the entries "
+                        "with the same model (weighted_round_robin)")
+    load_balancing: LoadBalancing | None = Field(
+        default=None, description="how requests are spread over the deployments of this model (entries with "
+        "the same model): weighted_round_robin or least_outstanding; the top-level load_balancing when omitted")
+    retry_policy: RetryPolicy | None = Field(
+        default=None, description="retries and fallbacks of this model; the top-level retry_policy when "
+        "omitted. Deployments of one model must agree")
     # Read by the routing plugin.
     routing_preferences: list[InlineRoutingPreference] = []
 
@@ -204,11 +244,50 @@ class ModelProvider(Section):
     def api(self) -> str:
         if self.interface:
             return self.interface
-        return KNOWN_PROVIDERS.get(self.provider, ("openai", None))[0]
+        return known(self.provider).api
+
+    @property
+    def auth(self) -> str:
+        """How the key is sent (core.catalogue.AuthStyle)."""
+        return known(self.provider).auth
 
     @property
     def url(self) -> str:
-        return self.base_url or KNOWN_PROVIDERS.get(self.provider, ("openai", None))[1] or ""
+        """The base URL the adapter's path is appended to; Azure's `api-version` query is kept after the path."""
+        entry = known(self.provider)
+        if entry is not AZURE_OPENAI:
+            return self.base_url or entry.base_url or ""
+        base = self.base_url or AZURE_OPENAI.base_url or ""
+        if self.base_url is None:
+            if not (self.resource and self.deployment):
+                return ""
+            base = base.format(resource=self.resource, deployment=self.deployment)
+        return f"{base}?api-version={self.api_version or AZURE_API_VERSION}"
+
+    def catalogue_problems(self) -> list[tuple[str, str]]:
+        """(field, problem) for what the catalogue needs of this entry and it lacks: the loader names them."""
+        entry = known(self.provider)
+        problems = []
+        if self.model_id == "*" and self.default:
+            problems.append(("default", f"{self.model} serves the model id a client names, so it cannot "
+                                        "serve requests that name none"))
+        azure_fields = [name for name in ("resource", "deployment", "api_version") if getattr(self, name)]
+        if entry is AZURE_OPENAI:
+            if self.base_url is None:
+                problems += [(name, "required for provider 'azure_openai' (or give base_url)")
+                             for name in ("resource", "deployment") if not getattr(self, name)]
+        elif azure_fields:
+            problems += [(name, "only for provider 'azure_openai'") for name in azure_fields]
+        elif self.base_url is None and entry.base_url is None and self.api != "demo":
+            if self.provider in PROVIDERS:
+                problems.append(("base_url", f"required for provider {self.provider!r} (an OpenAI-compatible "
+                                             "server's address, e.g. http://127.0.0.1:8000/v1)"))
+            else:
+                names = ", ".join(name for name in PROVIDERS if name != "demo")
+                problems.append(("base_url", f"required for provider {self.provider!r}, which is not a known "
+                                             f"provider ({names}); give the base_url of an OpenAI- or "
+                                             "Anthropic-compatible server (and interface: anthropic for the latter)"))
+        return problems
 
 
 class Limits(Section):
@@ -277,6 +356,12 @@ class Config(Section):
     listeners: list[Listener] = Field(min_length=1)
     model_providers: list[ModelProvider] = []
     model_aliases: dict[str, str] = {}
+    retry_policy: RetryPolicy = Field(default=RetryPolicy(), description="the default for models without "
+                                      "their own: one attempt, no fallbacks (as Envoy)")
+    load_balancing: LoadBalancing = Field(default="weighted_round_robin",
+                                          description="the default for models without their own")
+    outlier_detection: OutlierDetection = Field(default=OutlierDetection(),
+                                                description="when a failing deployment is ejected, and for how long")
     limits: Limits = Limits()
     server: Server = Server()
     # Plugin sections, validated by their own models; absent sections get the model's defaults.

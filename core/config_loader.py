@@ -245,18 +245,30 @@ def _cross_checks(config: Config, source: str) -> list[str]:
             problems.append(f"{source}: listeners[{i}].port: {listener.address}:{listener.port} is already bound")
     models = [p.model for p in config.model_providers]
     for i, provider in enumerate(config.model_providers):
-        if models.index(provider.model) != i:
-            problems.append(f"{source}: model_providers[{i}].model: duplicate model {provider.model!r}")
-        if not provider.url and provider.api != "demo":
-            problems.append(
-                f"{source}: model_providers[{i}].base_url: required for provider {provider.provider!r}"
-                " (an OpenAI-compatible server's address, e.g. http://127.0.0.1:8000/v1)"
-            )
-    defaults = [i for i, p in enumerate(config.model_providers) if p.default]
+        first = config.model_providers[models.index(provider.model)]
+        # Entries with the same model are deployments of it: what is said of the model must agree.
+        for key in ("retry_policy", "load_balancing", "api"):
+            if first is not provider and getattr(first, key) != getattr(provider, key):
+                problems.append(f"{source}: model_providers[{i}].{'interface' if key == 'api' else key}: "
+                                f"differs from model_providers[{models.index(provider.model)}], another "
+                                f"deployment of {provider.model!r}; deployments of one model must agree")
+        problems += [f"{source}: model_providers[{i}].{field}: {problem}"
+                     for field, problem in provider.catalogue_problems()]
+    # Several deployments of the default model may each say so.
+    defaults = [i for i, p in enumerate(config.model_providers)
+                if p.default and p.model not in {q.model for q in config.model_providers[:i] if q.default}]
     if len(defaults) > 1:
         problems.append(f"{source}: model_providers[{defaults[1]}].default: only one model can be the default")
     ids = set(models) | {p.model_id for p in config.model_providers}
     for alias, target in config.model_aliases.items():
         if target not in ids:
             problems.append(f"{source}: model_aliases.{alias}: target {target!r} is not a configured model")
+    known = ids | set(config.model_aliases)
+    policies = [("retry_policy", config.retry_policy)] + [
+        (f"model_providers[{i}].retry_policy", p.retry_policy) for i, p in enumerate(config.model_providers)]
+    for where, policy in policies:
+        for j, name in enumerate(policy.fallback_models if policy is not None else []):
+            if name not in known and f"{name.partition('/')[0]}/*" not in known:
+                problems.append(f"{source}: {where}.fallback_models[{j}]: {name!r} is not a configured model "
+                                f"(expected provider/id, an id or an alias)")
     return problems

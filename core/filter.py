@@ -74,8 +74,9 @@ class Filter:
     async def on_upstream_request(self, flow: Flow, target: Target) -> LocalReply | None:
         """Just before each upstream attempt, after routing (Envoy's upstream filters), in YAML order.
 
-        The route (``flow.route``) and the model this attempt goes to (``target``) are known here; a
-        LocalReply stops the request before the upstream is called.
+        The route (``flow.route``) and the model and deployment this attempt goes to (``target``: a retry,
+        another deployment or a fallback model each call this again) are known here; a LocalReply stops the
+        request before the upstream is called.
         """
         return None
 

@@ -143,3 +143,24 @@ def annotating(send: Send, flow: Flow) -> Send:
         await send(message)
 
     return wrapped
+
+
+def start_attempt_span(tracer: Tracer, parent: Span, attempt: int, model: str, host: str) -> Span:
+    """One upstream attempt (a retry, a failover), a child of the upstream call's span."""
+    # Internal: the upstream call's span stays the one client span, the one the upstream's trace context names.
+    span = tracer.start_span(f"attempt {attempt} {model}", context=trace.set_span_in_context(parent),
+                             kind=SpanKind.INTERNAL)
+    span.set_attribute("outerloop.attempt", attempt)
+    span.set_attribute("gen_ai.request.model", model)
+    span.set_attribute("server.address", host)
+    return span
+
+
+def end_attempt_span(span: Span, status: int | None, reason: str) -> None:
+    """`reason`: what the dispatch did with the attempt's outcome (served, retry, failover, failed...)."""
+    if status is not None:
+        span.set_attribute("http.response.status_code", status)
+    span.set_attribute("outerloop.attempt.reason", reason)
+    if reason not in ("served", "answered"):
+        span.set_status(Status(StatusCode.ERROR, reason))
+    span.end()

@@ -13,6 +13,8 @@ import httpx
 
 from core import observe
 from core.asgi import Receive, Scope, Send
+from core.balancing import Deployment
+from core.dispatch import dispatch
 from core.errors import RequestError
 from core.exchange import Exchange
 from core.filter import LocalReply
@@ -20,14 +22,11 @@ from core.flow import Flow, repeated_header
 from core.providers import Adapter
 from core.resolve import resolve_targets
 from core.responses import raw_headers
-from core.upstream import RETRYABLE_STATUSES
 from core.upstream_errors import MAX_ERROR_BODY, error_answer, invalid_response, parse_object
 from core.usage import UsageMeter
 from core.validation import parse_body, validate_chat
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span
-
     from core.chain import Chain
     from core.runtime import Runtime
 
@@ -110,10 +109,11 @@ class ProxyEndpoint:
         meter: UsageMeter | None = None
         span = None
         deadline: asyncio.Timeout | None = None
+        served: Deployment | None = None
         try:
             reply = await chain.on_request(flow)
             if reply is None:
-                reply = resolve_targets(flow, runtime.upstreams, chain.authenticates)
+                reply = resolve_targets(flow, runtime.upstreams, chain.authenticates, runtime.balancers.fallbacks)
             if reply is not None:
                 await exchange.local_reply(reply)
                 return
@@ -122,11 +122,11 @@ class ProxyEndpoint:
             # The whole upstream exchange, every attempt and the last byte included, within one deadline.
             deadline = asyncio.timeout(flow.targets[0].provider.timeouts.total)
             async with deadline:
-                dispatched = await self._dispatch(flow, chain, span)
+                dispatched = await dispatch(runtime, flow, chain, deadline, span)
                 if isinstance(dispatched, LocalReply):
                     await exchange.local_reply(dispatched)
                     return
-                response, adapter = dispatched
+                response, adapter, served = dispatched
                 flow.response_status = response.status_code
                 if response.status_code >= 400:
                     await self._upstream_error(exchange, response)
@@ -171,6 +171,8 @@ class ProxyEndpoint:
         finally:
             if response is not None:
                 await response.aclose()
+            if served is not None:
+                served.outstanding -= 1
             await chain.on_complete(flow, error)
             if span is not None:
                 observe.end_upstream_span(span, flow, error)
@@ -184,38 +186,6 @@ class ProxyEndpoint:
                 observer(flow, error)
             except Exception:
                 log.exception("request observer %r failed", observer)
-
-    async def _dispatch(self, flow: Flow, chain: Chain,
-                        span: Span | None = None) -> tuple[httpx.Response, Adapter] | LocalReply:
-        """Try each target in order; the next one gets the request after a connect failure or a 429/5xx."""
-        targets = flow.targets
-        for i, target in enumerate(targets):
-            last = i == len(targets) - 1
-            reply = await chain.on_upstream_request(flow, target)
-            if reply is not None:
-                return reply
-            adapter = self.runtime.adapter(flow.api, target.upstream.api)
-            request = adapter.request(flow, target)
-            request.extensions["timeout"] = target.timeouts
-            if span is not None:
-                observe.propagate(span, request.headers)
-            flow.attempts += 1
-            try:
-                response = await target.upstream.transport.handle_async_request(request)
-            except httpx.TransportError as exc:
-                if last:
-                    raise
-                log.warning("request %s: model %s failed (%s); trying %s", flow.request_id, target.model,
-                            type(exc).__name__, targets[i + 1].model)
-                continue
-            if response.status_code in RETRYABLE_STATUSES and not last:
-                log.warning("request %s: model %s answered %d; trying %s", flow.request_id, target.model,
-                            response.status_code, targets[i + 1].model)
-                await response.aclose()
-                continue
-            flow.served_by = target
-            return response, adapter
-        raise AssertionError("dispatch called without targets")
 
     async def _relay(self, exchange: Exchange, chain: Chain, response: httpx.Response, adapter: Adapter,
                      meter: UsageMeter) -> None:

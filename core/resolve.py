@@ -5,7 +5,8 @@ Precedence, after every ``on_request`` filter ran:
 1. ``flow.pin`` (a session pinned to a model) goes first, when it names a model the caller may use;
 2. then ``flow.route`` (a router's decision): its models, in order;
 3. without a route, the model the client named (``provider/id``, a bare id, an alias), or the default
-   model for no model or ``"auto"``.
+   model for no model or ``"auto"``;
+4. each model is followed by its ``retry_policy.fallback_models`` (skipping those the principal may not use).
 
 Every target is checked against ``flow.principal`` (``may_use``). An unknown model is a 404 whose message
 lists only the models the caller may use: none when the listener authenticates and there is no principal.
@@ -13,7 +14,7 @@ lists only the models the caller may use: none when the listener authenticates a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from core.filter import LocalReply
 from core.flow import Flow, Principal
@@ -21,7 +22,8 @@ from core.target import Target
 from core.upstream import Upstreams
 
 
-def resolve_targets(flow: Flow, upstreams: Upstreams, authenticates: bool) -> LocalReply | None:
+def resolve_targets(flow: Flow, upstreams: Upstreams, authenticates: bool,
+                    fallbacks: Callable[[str], Sequence[str]] | None = None) -> LocalReply | None:
     """Sets ``flow.targets``; a LocalReply when the request cannot go anywhere."""
     principal = flow.principal
     requested = flow.model if flow.model != "auto" else None
@@ -48,8 +50,28 @@ def resolve_targets(flow: Flow, upstreams: Upstreams, authenticates: bool) -> Lo
             return LocalReply(404, f"model {requested!r} is not served here (available: {names})",
                               "model.not_found")
         return LocalReply(400, "no model given and no default model is configured", "model.required")
+    if fallbacks is not None:
+        targets = _with_fallbacks(principal, upstreams, targets, fallbacks)
     flow.targets = targets
     return None
+
+
+def _with_fallbacks(principal: Principal | None, upstreams: Upstreams, targets: list[Target],
+                    fallbacks: Callable[[str], Sequence[str]]) -> list[Target]:
+    """Each model followed by its retry policy's ``fallback_models`` (theirs too), once each; a fallback the
+    principal may not use is skipped, not refused: the caller asked for the first model, not for it."""
+    out: list[Target] = []
+    seen: set[str] = set()
+    pending = list(reversed(targets))
+    while pending:
+        target = pending.pop()
+        if target.model in seen:
+            continue
+        seen.add(target.model)
+        out.append(target)
+        after = [(name, upstreams.resolve(name)) for name in fallbacks(target.entry)]
+        pending.extend(reversed([t for name, t in after if t is not None and _may_use(principal, t, name)]))
+    return out
 
 
 def _may_use(principal: Principal | None, target: Target, name: str | None = None) -> bool:

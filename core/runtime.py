@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from core.asgi import Scope
+from core.balancing import Balancers
 from core.chain import Chain
 from core.config import Config, Listener
 from core.errors import ConfigError
@@ -42,6 +43,8 @@ class Runtime:
         self.config = config
         self.registry = registry
         self.upstreams = Upstreams(config)
+        #: Balancing and outlier state of every model's deployments, for this process.
+        self.balancers = Balancers(config, self.upstreams.deployments)
         # What plugins build for this config (a model, a tracer provider, counters), shared by their hooks
         # and filters and gone with the runtime; the config itself stays frozen data.
         self.state = State()

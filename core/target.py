@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 
@@ -30,7 +30,9 @@ class Upstream:
         """The parsed URL of an endpoint of this upstream, parsed once."""
         url = self._urls.get(path)
         if url is None:
-            url = self._urls[path] = httpx.URL(self.base_url + path)
+            # A query in the base URL (Azure's api-version) stays after the path.
+            base, _, query = self.base_url.partition("?")
+            url = self._urls[path] = httpx.URL(base + path + ("?" + query if query else ""))
         return url
 
 
@@ -40,6 +42,8 @@ class Target:
 
     provider: ModelProvider
     upstream: Upstream
+    #: The client's model id, for an entry that serves any id of its provider (`model: openai/*`).
+    served_id: str | None = None
     #: The provider's timeouts as the transport reads them (the `timeout` request extension), built once.
     timeouts: dict[str, float] = field(init=False, compare=False)
 
@@ -48,8 +52,22 @@ class Target:
 
     @property
     def model(self) -> str:
+        if self.served_id is not None:
+            return f"{self.provider.provider}/{self.served_id}"
         return self.provider.model
 
     @property
     def model_id(self) -> str:
-        return self.provider.model_id
+        return self.served_id if self.served_id is not None else self.provider.model_id
+
+    @property
+    def entry(self) -> str:
+        """The config entry's model (`openai/*` for a wildcard): what deployments and balancers are keyed by."""
+        return self.provider.model
+
+    def serving(self, deployment: Target) -> Target:
+        """``deployment`` (an entry of this target's model) asked for this target's id: the client's own id
+        where a wildcard entry resolved it, else the deployment as it is."""
+        if self.served_id is None:
+            return deployment
+        return replace(deployment, served_id=self.served_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 
@@ -14,22 +15,22 @@ from core.transport import AiohttpTransport
 
 log = logging.getLogger("outerloop.upstream")
 
-# Statuses after which the next candidate is tried: nothing reached the client yet, and another model
-# may well succeed (rate limited, overloaded, or broken upstream).
-RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
-
 
 class Upstreams:
     """Builds the pools and resolves model names (exact provider/id, bare id, alias, default) to targets."""
 
     def __init__(self, config: Config) -> None:
         self._pools: dict[tuple[str, str], Upstream] = {}
+        #: Each model's first entry: names resolve to it; dispatch picks among ``deployments`` (core.balancing).
         self.targets: dict[str, Target] = {}
+        #: Every entry of each model: entries with the same model are its deployments.
+        self.deployments: dict[str, list[Target]] = {}
         self._by_name: dict[str, Target] = {}
         self.default: Target | None = None
         for provider in config.model_providers:
             target = Target(provider, self._pool(provider))
-            self.targets[provider.model] = target
+            self.deployments.setdefault(provider.model, []).append(target)
+            target = self.targets.setdefault(provider.model, target)
             if provider.default:
                 self.default = target
         # Bare ids resolve only where unambiguous; the full provider/id always does.
@@ -67,7 +68,16 @@ class Upstreams:
         """The target a model name means, or the default for no name / "auto"; None if unknown."""
         if name is None or name == "auto":
             return self.default
-        return self._by_name.get(name)
+        found = self._by_name.get(name)
+        if found is None:
+            found = self._wildcard(name)
+        return found
+
+    def _wildcard(self, name: str) -> Target | None:
+        """`provider/<any id>` served by a `model: provider/*` entry, the client's id passed through."""
+        provider, _, model_id = name.partition("/")
+        wildcard = self._by_name.get(provider + "/*") if model_id else None
+        return dataclasses.replace(wildcard, served_id=model_id) if wildcard is not None else None
 
     def names(self) -> Iterable[str]:
         return self.targets.keys()

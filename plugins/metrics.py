@@ -23,7 +23,7 @@ class Metrics(BaseModel):
 
 
 class RequestMetrics:
-    """The counters of one loaded config: requests, latency, upstream fallbacks, tokens, routing."""
+    """The counters of one loaded config: requests, latency, upstream fallbacks, outliers, tokens, routing."""
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -38,6 +38,10 @@ class RequestMetrics:
                               registry=self.registry)
         self.fallbacks = Counter("outerloop_upstream_fallbacks", "Upstream attempts that failed over to the next "
                                  "model", ["listener"], registry=self.registry)
+        self.ejections = Counter("outerloop_outlier_ejections", "Deployments ejected by outlier detection, by "
+                                 "model", ["model"], registry=self.registry)
+        self.probes = Counter("outerloop_outlier_probes", "Ejected deployments tried again, and probes that "
+                              "restored one, by model", ["model", "outcome"], registry=self.registry)
         self.tokens = Counter("outerloop_tokens", "Tokens reported by upstreams", ["model", "kind"],
                               registry=self.registry)
         self.routes = Counter("outerloop_router_decisions", "Routing decisions, by route", ["route"],
@@ -62,6 +66,13 @@ class RequestMetrics:
         if flow.attempts > 1:
             self.fallbacks.labels(flow.listener).inc(flow.attempts - 1)
         notes = flow.annotations
+        for model in str(notes.get("outlier.ejected", "")).split(","):
+            if model:
+                self.ejections.labels(model).inc()
+        for kind, outcome in (("outlier.probe", "tried"), ("outlier.restored", "restored")):
+            for model in str(notes.get(kind, "")).split(","):
+                if model:
+                    self.probes.labels(model, outcome).inc()
         if "router.route" in notes:
             self.routes.labels(str(notes["router.route"])).inc()
         if "router.fallback" in notes:

@@ -32,6 +32,7 @@ FAULTS = {
     "anthropic-529": "529 with Anthropic's error body (overloaded_error)",
     "openai-400": "400 with OpenAI's error body (param and code)",
     "429": "429 with Retry-After: 7 and OpenAI's error body",
+    "429-soon": "429 with Retry-After: 1 and OpenAI's error body",
     "500": "500 with OpenAI's error body",
     "503": "503 with a plain-text body",
     "binary-502": "502 with a binary body (application/octet-stream)",
@@ -69,6 +70,8 @@ class FaultyUpstream:
     text: str = "Hello from the faulty upstream."
     #: Off: every answer says `connection: close`, so a test can count on no connection staying pooled.
     keep_alive: bool = False
+    #: Faults for the next requests, in order, before the model name or `x-fault` decide (`503` then normal).
+    queued: list[str] = field(default_factory=list)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.open += 1
@@ -91,7 +94,7 @@ class FaultyUpstream:
         body = await reader.readexactly(int(headers.get("content-length", "0")))
         self.seen.append(Seen(path, headers, body))
         request = json.loads(body) if body else {}
-        fault = headers.get("x-fault") or str(request.get("model", ""))
+        fault = (self.queued.pop(0) if self.queued else None) or headers.get("x-fault") or str(request.get("model", ""))
         anthropic = path.endswith("/messages")
         stream = bool(request.get("stream"))
         return await self._answer(reader, writer, fault, anthropic, stream)
@@ -116,11 +119,12 @@ class FaultyUpstream:
             send(400, "application/json", json.dumps({"error": {
                 "message": "This model's maximum context length is 8192 tokens\x00\x1b[31m",
                 "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}).encode())
-        elif fault in ("429", "500"):
-            status = int(fault)
+        elif fault in ("429", "429-soon", "500"):
+            status = int(fault[:3])
             send(status, "application/json", json.dumps({"error": {
                 "message": f"upstream says {status}", "type": "upstream_test", "param": None,
-                "code": f"test_{status}"}}).encode(), "retry-after: 7\r\n" if status == 429 else "")
+                "code": f"test_{status}"}}).encode(),
+                "" if status != 429 else "retry-after: 1\r\n" if fault == "429-soon" else "retry-after: 7\r\n")
         elif fault == "503":
             send(503, "text/plain", b"upstream connect error or disconnect/reset before headers")
         elif fault == "binary-502":

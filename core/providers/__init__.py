@@ -30,3 +30,20 @@ class Adapter(Protocol):
     def whole(self, flow: Flow, body: dict[str, Any], raw: bytes) -> bytes:
         """The client's body from the upstream's whole body, parsed once by the core (``raw`` as received)."""
         ...
+
+
+#: The response header naming the request fields an adapter left out: the upstream's API cannot express them.
+DROPPED_HEADER = "x-outerloop-dropped"
+
+
+def note_dropped(flow: Flow, dropped: list[str]) -> None:
+    """States an attempt's dropped fields on the flow: ``annotations["dropped"]`` (spans, access log) and the
+    header every response of the request carries (``flow.extra_headers``); an attempt that drops none, after
+    one that did (a fallback to another API shape), clears them."""
+    if dropped:
+        names = ", ".join(dropped)
+        flow.annotations["dropped"] = names
+        flow.extra_headers[DROPPED_HEADER] = names
+    elif DROPPED_HEADER in flow.extra_headers:
+        del flow.extra_headers[DROPPED_HEADER]
+        flow.annotations.pop("dropped", None)

@@ -127,6 +127,21 @@ def openai_to_anthropic_request(body: dict[str, Any], model_id: str) -> dict[str
     return out
 
 
+#: The OpenAI request fields `openai_to_anthropic_request` carries over (`n` only as 1, Anthropic's one choice);
+#: any other is dropped and named (`logprobs`, `seed`, `presence_penalty`, `response_format`...).
+OPENAI_FIELDS_FOR_ANTHROPIC = frozenset({
+    "model", "messages", "n", "max_completion_tokens", "max_tokens", "temperature", "top_p", "stop", "stream",
+    "stream_options", "user", "safety_identifier", "tools", "tool_choice", "parallel_tool_calls",
+})
+
+
+def dropped_fields(body: dict[str, Any], carried: frozenset[str]) -> list[str]:
+    """The top-level fields of ``body`` a translation leaves out; null and false ask for nothing, so they
+    are not named."""
+    return [name for name, value in body.items()
+            if name not in carried and value is not None and value is not False]
+
+
 def _append_turn(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
     # Anthropic wants strictly alternating roles and no empty turns.
     if not blocks:
@@ -316,6 +331,14 @@ def anthropic_to_openai_request(body: dict[str, Any], model_id: str) -> dict[str
         if choice.get("disable_parallel_tool_use") and out.get("tools"):
             out["parallel_tool_calls"] = False
     return out
+
+
+#: The Anthropic request fields `anthropic_to_openai_request` carries over; any other is dropped and named
+#: (`top_k`, `thinking`, `service_tier`, `container`...).
+ANTHROPIC_FIELDS_FOR_OPENAI = frozenset({
+    "model", "messages", "system", "max_tokens", "temperature", "top_p", "stop_sequences", "stream", "metadata",
+    "tools", "tool_choice",
+})
 
 
 def _openai_user_messages(content: object, field: str) -> list[dict[str, Any]]:

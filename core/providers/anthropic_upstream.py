@@ -10,15 +10,19 @@ import httpx
 
 from core.errors import RequestError
 from core.flow import Flow, encode_json
+from core.providers import note_dropped
 from core.providers.anthropic import (
+    ANTHROPIC_FIELDS_FOR_OPENAI,
     ANTHROPIC_VERSION,
+    OPENAI_FIELDS_FOR_ANTHROPIC,
     TranslationError,
     anthropic_to_openai_request,
+    dropped_fields,
     openai_to_anthropic_request,
 )
 from core.providers.anthropic_response import anthropic_to_openai_response, openai_to_anthropic_response
 from core.providers.anthropic_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
-from core.providers.openai import Passthrough, bearer_headers
+from core.providers.openai import Passthrough, openai_headers
 from core.target import Target
 from core.upstream_errors import invalid_response
 
@@ -60,6 +64,8 @@ class _TranslatingAdapter(ABC):
     #: The translators read the usage chunk themselves; the client never sees an upstream's chunk as it is.
     requests_stream_usage = False
     path = ""
+    #: The client's request fields the translation carries over; the others are dropped and named.
+    carried: frozenset[str] = frozenset()
 
     @abstractmethod
     def headers(self, flow: Flow, target: Target) -> list[tuple[str, str]]: ...
@@ -79,6 +85,7 @@ class _TranslatingAdapter(ABC):
             body = encode_json(self.translate_request(flow.json, target.model_id))
         except TranslationError as exc:
             raise RequestError(400, str(exc), "request.untranslatable", exc.field) from None
+        note_dropped(flow, dropped_fields(flow.json, self.carried))
         return httpx.Request("POST", target.upstream.url(self.path), headers=self.headers(flow, target),
                              content=body)
 
@@ -106,6 +113,7 @@ class OpenAIClientAnthropicUpstream(_TranslatingAdapter):
     """OpenAI chat completions in, Anthropic messages upstream, OpenAI shapes back."""
 
     path = "/messages"
+    carried = OPENAI_FIELDS_FOR_ANTHROPIC
     headers = staticmethod(anthropic_headers)
     translate_request = staticmethod(openai_to_anthropic_request)
 
@@ -120,7 +128,8 @@ class AnthropicClientOpenAIUpstream(_TranslatingAdapter):
     """Anthropic messages in, OpenAI-shaped upstream (OpenAI, vLLM, Ollama, demo), Anthropic shapes back."""
 
     path = "/chat/completions"
-    headers = staticmethod(bearer_headers)
+    carried = ANTHROPIC_FIELDS_FOR_OPENAI
+    headers = staticmethod(openai_headers)
     translate_request = staticmethod(anthropic_to_openai_request)
 
     def stream_translator(self, flow: Flow, model: str) -> _StreamTranslator:

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 
 from core.flow import Flow, encode_json
+from core.providers import DROPPED_HEADER, note_dropped
 from core.target import Target
 
 _ASK_USAGE = b'"stream_options":{"include_usage":true}'
@@ -36,12 +37,17 @@ def upstream_body(flow: Flow, model_id: str, stream_usage: bool = False) -> byte
     return encode_json(changed)
 
 
-def bearer_headers(flow: Flow, target: Target) -> list[tuple[str, str]]:
+def openai_headers(flow: Flow, target: Target) -> list[tuple[str, str]]:
+    """Headers for an OpenAI-shaped upstream: the key as `authorization: Bearer`, or Azure's `api-key`."""
     provider = target.provider
     accept = "text/event-stream" if flow.stream else "application/json"
     headers = [("content-type", "application/json"), ("accept", accept),
                ("x-request-id", flow.request_id)]
-    if provider.passthrough_auth:
+    if provider.auth == "api-key":
+        key = _client_key(flow) if provider.passthrough_auth else _configured_key(target)
+        if key:
+            headers.append(("api-key", key))
+    elif provider.passthrough_auth:
         auth = flow.headers.get("authorization")
         if auth:
             headers.append(("authorization", auth))
@@ -51,6 +57,20 @@ def bearer_headers(flow: Flow, target: Target) -> list[tuple[str, str]]:
         headers.append(("authorization", "Bearer " + provider.access_key.get_secret_value()))
     headers.extend(provider.headers.items())
     return headers
+
+
+def _configured_key(target: Target) -> str | None:
+    key = target.provider.access_key
+    return key.get_secret_value() if key is not None else None
+
+
+def _client_key(flow: Flow) -> str | None:
+    """The client's own key, however it sent it (`api-key`, `x-api-key` or `authorization: Bearer`)."""
+    key = flow.headers.get("api-key") or flow.headers.get("x-api-key")
+    auth = flow.headers.get("authorization", "")
+    if key is None and auth[:7].lower() == "bearer ":
+        key = auth[7:].strip()
+    return key
 
 
 class Passthrough:
@@ -66,6 +86,8 @@ class Passthrough:
         self.requests_stream_usage = requests_stream_usage
 
     def request(self, flow: Flow, target: Target) -> httpx.Request:
+        if DROPPED_HEADER in flow.extra_headers:
+            note_dropped(flow, [])
         return httpx.Request("POST", target.upstream.url(self.path), headers=self.headers(flow, target),
                              content=upstream_body(flow, target.model_id, self.requests_stream_usage))
 
@@ -78,4 +100,4 @@ class Passthrough:
 
 def openai_passthrough() -> Passthrough:
     """OpenAI client, OpenAI-shaped upstream."""
-    return Passthrough("/chat/completions", bearer_headers, requests_stream_usage=True)
+    return Passthrough("/chat/completions", openai_headers, requests_stream_usage=True)
