@@ -37,6 +37,7 @@ test: $(TEST_STAMP) redis
 
 bench: $(TEST_STAMP)
 	$(PY) bench/overhead.py
+	$(PY) bench/resilience.py
 	$(PY) bench/routing.py
 
 # 100k requests through the full chain with faults mixed in; RSS and open fds plotted (the bench extra's

@@ -184,6 +184,9 @@ class Target:
     model: str
     token: str | None = None
     service: Service | None = None
+    path: str = "/v1/chat/completions"
+    #: The last line of a whole stream.
+    stream_end: bytes = b"data: [DONE]"
 
     def body(self, stream: bool) -> bytes:
         payload: dict[str, Any] = {"model": self.model, "messages": [{"role": "user", "content": PROMPT}],
@@ -241,7 +244,7 @@ def wrk_script(target: Target, workdir: Path) -> Path:
 
 def run_wrk(target: Target, script: Path, connections: int, seconds: int) -> Cell:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={REQUEST_TIMEOUT:.0f}s", "-s", str(script),
-            f"http://127.0.0.1:{target.port}/v1/chat/completions"]
+            f"http://127.0.0.1:{target.port}{target.path}"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False).stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -261,7 +264,7 @@ class BadResponse(Exception):
 
 def raw_request(target: Target, stream: bool) -> bytes:
     body = target.body(stream)
-    head = ["POST /v1/chat/completions HTTP/1.1", f"Host: 127.0.0.1:{target.port}",
+    head = [f"POST {target.path} HTTP/1.1", f"Host: 127.0.0.1:{target.port}",
             *(f"{k}: {v}" for k, v in target.headers().items()), "Accept: text/event-stream" if stream else "",
             f"Content-Length: {len(body)}"]
     return ("\r\n".join(line for line in head if line) + "\r\n\r\n").encode() + body
@@ -317,8 +320,8 @@ async def _stream_worker(target: Target, request: bytes, deadline: float, run: S
                     if writer is None or reader is None:
                         reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
                     ttfb, _, body, keep = await exchange(reader, writer, request)
-                if not body.rstrip().endswith(b"data: [DONE]"):
-                    raise BadResponse(f"stream did not end with [DONE]: {body[-200:]!r}")
+                if not body.rstrip().endswith(target.stream_end):
+                    raise BadResponse(f"stream did not end with {target.stream_end!r}: {body[-200:]!r}")
                 run.ttfb.append(ttfb)
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError,
                     BadResponse) as exc:
@@ -373,7 +376,7 @@ async def _check(target: Target) -> None:
                 _, _, body, _ = await exchange(reader, writer, raw_request(target, stream))
         finally:
             writer.close()
-        if b"benchmark" not in body or (stream and b"[DONE]" not in body):
+        if b"benchmark" not in body or (stream and target.stream_end not in body):
             raise BadResponse(f"unexpected {'stream' if stream else 'response'}: {body[:300]!r}")
 
 

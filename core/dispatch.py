@@ -50,6 +50,8 @@ async def dispatch(runtime: Runtime, flow: Flow, chain: Chain, deadline: asyncio
     """Each model of ``flow.targets`` in turn, on its deployments, as its retry policy says.
 
     A connect failure (nothing was sent) moves to another healthy deployment of the model, policy or not.
+    A LocalReply of ``on_upstream_request`` stops the request before any attempt; after one, it skips the
+    model (noted in ``flow.annotations["skipped"]``).
     A status in the policy's ``on_status`` (a reset counts as 502, a timeout as 504) is retried up to
     ``max_attempts`` after a backoff or the answer's Retry-After, then the next model is tried; a wait
     that does not fit under the deadline moves to the next model at once. The last attempt's answer (or
@@ -78,14 +80,23 @@ async def dispatch(runtime: Runtime, flow: Flow, chain: Chain, deadline: asyncio
                     continue
                 _note(flow, event)
                 tried.append(dep)
-                if failed is not None:
-                    await failed.aclose()
-                    failed = failed_by = None
                 # A wildcard entry's deployment asked for the client's own id.
                 attempt = target.serving(dep.target)
                 reply = await chain.on_upstream_request(flow, attempt)
                 if reply is not None:
-                    return reply
+                    if flow.attempts == 0:
+                        return reply
+                    # After an attempt failed, a filter refusing this model (a rate cap of a fallback) skips
+                    # it: the next target is tried, and the last answer stays the client's if none serves.
+                    skipped = flow.annotations.get("skipped")
+                    note = f"{attempt.model}:{reply.details}"
+                    flow.annotations["skipped"] = f"{skipped},{note}" if skipped else note
+                    flow.details = None
+                    log.info("request %s: model %s skipped: %s", flow.request_id, attempt.model, reply.details)
+                    break
+                if failed is not None:
+                    await failed.aclose()
+                    failed = failed_by = None
                 flow.attempts += 1
                 outcome = await _attempt(runtime, flow, dep, attempt, span)
                 if isinstance(outcome, httpx.TransportError):
@@ -139,6 +150,7 @@ async def dispatch(runtime: Runtime, flow: Flow, chain: Chain, deadline: asyncio
         if failed is not None:
             await failed.aclose()
         flow.extra_headers["x-outerloop-attempts"] = str(flow.attempts)
+
 
 async def _attempt(runtime: Runtime, flow: Flow, dep: Deployment, target: Target,
                    span: Span | None) -> tuple[httpx.Response, Adapter] | httpx.TransportError:

@@ -75,8 +75,9 @@ class Filter:
         """Just before each upstream attempt, after routing (Envoy's upstream filters), in YAML order.
 
         The route (``flow.route``) and the model and deployment this attempt goes to (``target``: a retry,
-        another deployment or a fallback model each call this again) are known here; a LocalReply stops the
-        request before the upstream is called.
+        another deployment or a fallback model each call this again) are known here. A LocalReply before the
+        request's first attempt stops it; after an attempt failed, it skips this model (the core tries the next
+        target, notes ``flow.annotations["skipped"]``, and the last upstream answer stays the client's).
         """
         return None
 

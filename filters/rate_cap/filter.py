@@ -1,4 +1,4 @@
-"""The rate_cap filter: admits a request if every cap admits it, settles tokens and slots when it completes."""
+"""The rate_cap filter: admits a request (and each model it tries) if every cap admits it, settles when it completes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.filter import Filter, FilterContext, LocalReply
 from core.flow import Flow
@@ -25,9 +25,14 @@ _FLUSH_BATCH = 100
 
 @dataclass
 class _Admission:
-    checks: list[Check]
+    """What one request holds: one lease for its slots, its token estimate, and each check admitted with the
+    model it counts (None for a cap not keyed by model: those are admitted once per request)."""
+
     lease: str
-    estimate: int = 0
+    estimate: int
+    checks: list[tuple[str | None, Check]] = field(default_factory=list)
+    models: set[str] = field(default_factory=set)
+    share: float = math.inf  # the smallest share left of any cap admitted: the response headers describe it
     settled: bool = False
 
 
@@ -39,9 +44,10 @@ class RateCapFilter(Filter):
         self.backend = backend
         self.listener = listener
         self.counts_tokens = any(cap.kind == "tokens" for cap in settings.caps)
+        self.model_caps = [cap for cap in settings.caps if "model" in cap.key]
         # Caps keyed by model or route must see the routed request: then admission waits for the first
         # upstream attempt (after the router), and stays one all-or-nothing decision over every cap.
-        self.after_routing = any(part in ("model", "route") for cap in settings.caps for part in cap.key)
+        self.after_routing = bool(self.model_caps) or any("route" in cap.key for cap in settings.caps)
         self._warned_at = -math.inf
         self._suppressed = 0
         self._down = False
@@ -66,33 +72,47 @@ class RateCapFilter(Filter):
     async def close(self) -> None:
         await self.backend.close()
 
-    def key_of(self, flow: Flow, cap: Cap) -> str:
-        values = [_part(flow, part).replace("\\", "\\\\").replace("|", "\\|") for part in cap.key]
+    def key_of(self, flow: Flow, cap: Cap, model: str | None = None) -> str:
+        values = [_part(flow, part, model).replace("\\", "\\\\").replace("|", "\\|") for part in cap.key]
         return f"{self.listener}:{cap.label}:{'|'.join(values)}"
 
     async def on_request(self, flow: Flow) -> LocalReply | None:
-        return None if self.after_routing else await self._admit(flow)
+        return None if self.after_routing else await self._admit(flow, None, self.settings.caps)
 
     async def on_upstream_request(self, flow: Flow, target: Target) -> LocalReply | None:
-        # Once per request: a failover to the next model is the same request, already admitted.
-        if not self.after_routing or self.name in flow.state:
+        if not self.after_routing:
             return None
-        return await self._admit(flow)
+        admission = flow.state.get(self.name)
+        if admission is None:
+            return await self._admit(flow, target.model, self.settings.caps)
+        # A retry or failover is the same request: only a model not tried yet is counted, by its model caps.
+        # Refused, the core skips that model and tries the next target (core.dispatch).
+        if target.model in admission.models or not self.model_caps:
+            return None
+        return await self._admit(flow, target.model, self.model_caps)
 
-    async def _admit(self, flow: Flow) -> LocalReply | None:
-        estimate = estimate_input_tokens(flow.json) if self.counts_tokens else 0
+    async def _admit(self, flow: Flow, model: str | None, caps: list[Cap]) -> LocalReply | None:
+        """One all-or-nothing decision over ``caps`` for ``model``; nothing is consumed when one refuses."""
+        admission = flow.state.get(self.name)
+        if admission is None:
+            estimate = estimate_input_tokens(flow.json) if self.counts_tokens else 0
+            admission = _Admission(f"{flow.request_id}:{uuid.uuid4().hex[:12]}", estimate)
         checks = [
-            Check(cap.kind, self.key_of(flow, cap), cap.limit, cap.window, cap.burst or cap.limit,
-                  float(estimate) if cap.kind == "tokens" else 1.0, cap.label)
-            for cap in self.settings.caps
+            Check(cap.kind, self.key_of(flow, cap, model), cap.limit, cap.window, cap.burst or cap.limit,
+                  float(admission.estimate) if cap.kind == "tokens" else 1.0, cap.label)
+            for cap in caps
         ]
-        lease = f"{flow.request_id}:{uuid.uuid4().hex[:12]}"
         try:
             if self._unsettled:
                 await self._flush()
-            outcomes = await self.backend.acquire(checks, lease)
+            outcomes = await self.backend.acquire(checks, admission.lease)
         except BackendUnavailable as exc:
-            return self._backend_failed(flow, exc)
+            reply = self._backend_failed(flow, exc)
+            if reply is None:  # admitted without caps, and decided: a retry of this model does not ask again
+                flow.state[self.name] = admission
+                if model is not None:
+                    admission.models.add(model)
+            return reply
         if self._down:
             self._down = False
             log.warning("rate_cap: backend %s is reachable again; caps apply", self.backend.describe())
@@ -106,10 +126,14 @@ class RateCapFilter(Filter):
             return LocalReply(429, f"rate cap {check.cap!r} exceeded ({what}); retry in {wait}s",
                               "rate_cap.concurrency" if only_slots else "rate_cap.exceeded",
                               {"retry-after": str(wait), **_headers(outcome)})
-        admission = _Admission(checks, lease, estimate)
         flow.state[self.name] = admission
+        if model is not None:
+            admission.models.add(model)
+        admission.checks += [(model if "model" in cap.key else None, check) for cap, check in zip(caps, checks)]
         tightest = min(outcomes, key=lambda o: o.remaining / o.limit)
-        flow.extra_headers.update(_headers(tightest))
+        if tightest.remaining / tightest.limit < admission.share:
+            admission.share = tightest.remaining / tightest.limit
+            flow.extra_headers.update(_headers(tightest))
         return None
 
     def _backend_failed(self, flow: Flow, exc: BackendUnavailable) -> LocalReply | None:
@@ -117,7 +141,6 @@ class RateCapFilter(Filter):
         self._warn(exc, "refusing requests with 503 (fail_closed)" if closed
                    else "admitting requests without caps (fail_open)")
         flow.annotations["rate_cap.backend_unavailable"] = True
-        flow.state[self.name] = None  # decided for this request: a failover attempt does not ask again
         if closed:
             return LocalReply(503, "rate caps cannot be checked right now (backend unavailable); retry shortly",
                               "rate_cap.backend_unavailable", {"retry-after": "1"})
@@ -139,19 +162,22 @@ class RateCapFilter(Filter):
         if not isinstance(admission, _Admission) or admission.settled:
             return
         admission.settled = True
-        releases = [c for c in admission.checks if c.kind == "concurrent"]
+        releases = [c for _, c in admission.checks if c.kind == "concurrent"]
         debits: list[tuple[Check, float]] = []
         if self.counts_tokens:
             # The core records usage from every response (core.usage); the estimate is corrected by it.
             usage = flow.usage
             if usage is not None:
-                amount = float(usage["total_tokens"] - admission.estimate)
+                spent = float(usage["total_tokens"] - admission.estimate)
             elif flow.attempts == 0 or (flow.response_status or 0) >= 400:
-                amount = -float(admission.estimate)  # no tokens were spent: give the estimate back
+                spent = -float(admission.estimate)  # no tokens were spent: give the estimate back
             else:
-                amount = 0.0
-            if amount:
-                debits = [(c, amount) for c in admission.checks if c.kind == "tokens"]
+                spent = 0.0
+            served = flow.served_by.model if flow.served_by is not None else None
+            # A model tried but not served (its attempts failed) spent nothing: its estimate is given back.
+            debits = [(c, spent if model is None or model == served else -float(admission.estimate))
+                      for model, c in admission.checks if c.kind == "tokens"]
+            debits = [(c, amount) for c, amount in debits if amount]
         if debits or releases:
             await self._settle((debits, releases, admission.lease))
 
@@ -170,11 +196,11 @@ class RateCapFilter(Filter):
             self._unsettled.popleft()
 
 
-def _part(flow: Flow, part: str) -> str:
+def _part(flow: Flow, part: str, model: str | None) -> str:
     if part == "principal":
         return flow.principal.name if flow.principal is not None else "-"
     if part == "model":
-        return flow.targets[0].model if flow.targets else flow.model or "-"
+        return model or "-"
     if part == "route":
         return flow.route.name if flow.route is not None else "-"
     if part == "client_ip":

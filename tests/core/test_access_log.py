@@ -19,7 +19,7 @@ from core.config import ModelProvider
 from core.flow import Flow, RouteDecision
 from core.observe import close_access_log, open_access_log, record
 from core.target import Target
-from tests.harness import free_port, run_proxy, wait_for_port, write_config
+from tests.harness import eventually, free_port, run_proxy, wait_for_port, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 MESSAGES = [{"role": "user", "content": "my password is hunter2"}]
@@ -103,9 +103,11 @@ def test_access_log_to_a_file_next_to_the_config(caplog: pytest.LogCaptureFixtur
         try:
             for _ in range(3):
                 httpx.post(proxy.url + "/v1/chat/completions", json={"messages": MESSAGES})
+            # The line is written once the request is over, just after the client has its last byte.
+            written = Path(proxy.config.source).parent / "access.jsonl"
+            eventually(lambda: written.exists() and len(written.read_text().splitlines()) == 3)
         finally:
             close_access_log(handler)
-    written = Path(proxy.config.source).parent / "access.jsonl"
     assert settings.path == str(written)
     lines = [json.loads(line) for line in written.read_text().splitlines()]
     assert [line["status"] for line in lines] == [200, 200, 200]

@@ -25,6 +25,7 @@ from filters.rate_cap.filter import RateCapFilter
 from filters.rate_cap.memory import BackendUnavailable, MemoryBackend
 from filters.rate_cap.usage import estimate_input_tokens
 from tests.conftest import proxy_config
+from tests.faults import serve_faults
 from tests.harness import eventually, run_proxy
 from tests.upstream import Upstream
 
@@ -267,6 +268,71 @@ def test_estimate_is_given_back_when_no_upstream_call_happened() -> None:
     assert backend.levels["test:tokens-per-60s-by-principal:alice"][0] == pytest.approx(200)
 
 
+# --- each model tried ---------------------------------------------------------------------------------
+
+def _target(model: str) -> Target:
+    return Target(ModelProvider(model=model, base_url="http://127.0.0.1:1/v1"), None)  # type: ignore[arg-type]
+
+
+def attempts(flt: RateCapFilter, flow: Flow, *models: str) -> list[LocalReply | None]:
+    """The phases of a request whose attempts went to ``models`` in turn (a retry repeats a model)."""
+    async def phases() -> list[LocalReply | None]:
+        replies = [await flt.on_request(flow)]
+        return replies + [await flt.on_upstream_request(flow, _target(model)) for model in models]
+
+    return asyncio.run(phases())
+
+
+MODEL_CAPS: list[dict[str, Any]] = [
+    {"name": "per-model", "requests": 60, "window": 60, "key": "model"},  # one request a second: TAT - now
+    {"name": "all", "requests": 60, "window": 60, "key": "global"},
+    {"name": "model-tokens", "tokens": 1000, "window": 100, "key": "model"},
+    {"name": "tokens", "tokens": 1000, "window": 100, "key": "principal"},
+    {"name": "model-slots", "concurrent": 5, "key": "model"},
+]
+
+
+def test_each_model_tried_counts_once_in_its_model_caps_and_the_request_once_in_the_others() -> None:
+    clock = Clock()
+    flt = make_filter(MODEL_CAPS, clock)
+    flow = make_flow(content="x" * 400)  # estimate 107
+    flow.targets = [_target("test/a"), _target("test/b")]
+    assert attempts(flt, flow, "test/a", "test/a", "test/b", "test/b") == [None] * 5  # each model retried once
+    backend = flt.backend
+    assert isinstance(backend, MemoryBackend)
+    assert {k: tat - clock.now for k, tat in backend.tats.items()} == {
+        "test:per-model:test/a": 1.0, "test:per-model:test/b": 1.0, "test:all:*": 1.0}
+    assert {k: v[0] for k, v in backend.levels.items()} == {
+        "test:model-tokens:test/a": 893, "test:model-tokens:test/b": 893, "test:tokens:alice": 893}
+    assert backend.active == {"test:model-slots:test/a": 1, "test:model-slots:test/b": 1}
+    # test/a answered 503, test/b served: its admission settles against the usage, test/a's estimate comes back.
+    flow.attempts, flow.response_status, flow.served_by = 4, 200, _target("test/b")
+    flow.usage = {"prompt_tokens": 100, "completion_tokens": 200, "total_tokens": 300}
+    complete(flt, flow)
+    assert {k: v[0] for k, v in backend.levels.items()} == {
+        "test:model-tokens:test/a": 1000, "test:model-tokens:test/b": 700, "test:tokens:alice": 700}
+    assert backend.active == {}
+
+
+def test_a_fallback_refused_by_its_model_cap_consumes_nothing_and_keeps_the_request_admitted() -> None:
+    clock = Clock()
+    flt = make_filter([{"name": "per-model", "requests": 1, "key": "model"},
+                       {"name": "slots", "concurrent": 2, "key": "global"}], clock)
+    assert attempts(flt, make_flow(), "test/b") == [None, None]  # test/b's one request of the minute
+    flow = make_flow()
+    replies = attempts(flt, flow, "test/a", "test/b", "test/c")
+    assert replies[:2] == [None, None] and replies[3] is None
+    refused = replies[2]
+    assert isinstance(refused, LocalReply) and (refused.status, refused.details) == (429, "rate_cap.exceeded")
+    backend = flt.backend
+    assert isinstance(backend, MemoryBackend)
+    assert sorted(backend.tats) == ["test:per-model:test/a", "test:per-model:test/b", "test:per-model:test/c"]
+    assert backend.tats["test:per-model:test/b"] == clock.now + 60  # counted once, by the first request
+    assert backend.active == {"test:slots:*": 2}
+    complete(flt, flow)
+    assert backend.active == {"test:slots:*": 1}  # the first request's slot is still held
+
+
 # --- config -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("config", "problem"), [
@@ -466,3 +532,50 @@ def test_usage_counted_across_api_shapes(upstream: tuple[Upstream, str]) -> None
         assert chunks and all(c.usage is None and c.choices for c in chunks)
         # The SDK hangs up on [DONE]; the usage read before it is settled all the same.
         assert eventually(lambda: level() == pytest.approx(1000 - 3 * 12, abs=0.1))
+
+
+def test_a_fallback_counts_in_its_own_model_caps_through_the_proxy() -> None:
+    caps = [{"name": "per-model", "requests": 1, "window": "1h", "key": "model"},
+            {"name": "all", "requests": 10, "window": "1h", "key": "global"},
+            {"name": "model-tokens", "tokens": 1000, "window": "1h", "key": "model"}]
+    messages: Any = [{"role": "user", "content": "hi"}]
+    with serve_faults() as faults:
+        rate_cap = {"name": "rate_cap", "config": {"caps": caps}}
+        config = {"listeners": [{"name": "test", "port": 0, "filters": [rate_cap]}],
+                  "model_providers": [
+                      {"model": "test/a", "base_url": faults.url,
+                       "retry_policy": {"max_attempts": 2, "backoff": {"base_ms": 1, "max_ms": 5},
+                                        "fallback_models": ["test/b"]}},
+                      {"model": "test/b", "base_url": faults.url},
+                      {"model": "test/c", "base_url": faults.url},
+                      {"model": "test/d", "base_url": faults.url,
+                       "retry_policy": {"fallback_models": ["test/b", "test/c"]}},
+                  ]}
+        with run_proxy(config) as proxy:
+            backend = proxy.runtime.chains[0].chain.filters[0].backend
+            assert isinstance(backend, MemoryBackend)
+
+            def counted(cap: str, limit: int) -> dict[str, int]:
+                """Requests counted per key: a GCRA key's TAT is one interval (1h / limit) ahead per request."""
+                now = time.monotonic()
+                return {k.rpartition(":")[2]: round((tat - now) / (3600 / limit))
+                        for k, tat in backend.tats.items() if f":{cap}:" in k}
+
+            with openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk", max_retries=0) as client:
+                faults.queued[:] = ["503", "503"]  # test/a fails twice (a retry), test/b serves
+                raw = client.chat.completions.with_raw_response.create(model="test/a", messages=messages)
+                assert raw.headers["x-outerloop-model"] == "test/b" and raw.headers["x-outerloop-attempts"] == "3"
+                assert counted("per-model", 1) == {"test/a": 1, "test/b": 1}
+                assert counted("all", 10) == {"*": 1}
+                # Settled when the request completes: test/a's estimate given back, test/b's usage (7) spent.
+                assert eventually(lambda: {k.rpartition(":")[2]: round(v[0]) for k, v in backend.levels.items()}
+                                  == {"test/a": 1000, "test/b": 1000 - 7})
+                # test/d fails; test/b has had its request of the hour, so it is skipped and test/c serves.
+                faults.queued[:] = ["503"]
+                raw = client.chat.completions.with_raw_response.create(model="test/d", messages=messages)
+                assert raw.headers["x-outerloop-model"] == "test/c" and raw.headers["x-outerloop-attempts"] == "2"
+                assert counted("per-model", 1) == {"test/a": 1, "test/b": 1, "test/c": 1, "test/d": 1}
+                assert counted("all", 10) == {"*": 2}
+                with pytest.raises(openai.RateLimitError):  # refused at its first attempt: the client's 429
+                    client.chat.completions.create(model="test/a", messages=messages)
+    assert [json.loads(seen.body)["model"] for seen in faults.seen] == ["a", "a", "b", "d", "c"]

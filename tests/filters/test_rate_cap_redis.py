@@ -17,7 +17,9 @@ import openai
 import pytest
 import redis
 
+from core.config import ModelProvider
 from core.flow import Flow
+from core.target import Target
 from filters.rate_cap.config import RateCapConfig, RedisSettings
 from filters.rate_cap.filter import RateCapFilter
 from filters.rate_cap.memory import Check
@@ -162,6 +164,41 @@ def test_filter_against_redis_keeps_budget_across_instances(redis_url: str) -> N
             for flt in filters:
                 await flt.close()
     asyncio.run(scenario())
+
+
+def test_each_model_tried_is_admitted_and_settled_in_redis(redis_url: str) -> None:
+    """A request that failed over: one lease holds a slot per model; the failed model's estimate comes back."""
+    flt = make_filter(redis_url, [{"name": "slots", "concurrent": 1, "key": "model"},
+                                  {"name": "tokens", "tokens": 1000, "window": "1h", "key": "model"},
+                                  {"name": "all", "requests": 10, "window": "1h", "key": "global"}])
+    assert flt.settings.redis is not None
+    prefix = f"{flt.settings.redis.key_prefix}:test"
+    direct = redis.Redis.from_url(redis_url)
+
+    def target(model: str) -> Target:
+        return Target(ModelProvider(model=model, base_url="http://127.0.0.1:1/v1"), None)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        await flt.start()
+        try:
+            flow = make_flow(content="x" * 400)  # estimate 107
+            for model in ("test/a", "test/a", "test/b"):  # test/a retried, then test/b
+                assert await flt.on_upstream_request(flow, target(model)) is None
+            assert [direct.zcard(f"{prefix}:slots:{m}") for m in ("test/a", "test/b")] == [1, 1]
+            other = make_flow()
+            assert await flt.on_upstream_request(other, target("test/b")) is not None  # test/b's slot is taken
+            flow.attempts, flow.response_status, flow.served_by = 3, 200, target("test/b")
+            flow.usage = {"prompt_tokens": 100, "completion_tokens": 200, "total_tokens": 300}
+            await flt.on_complete(flow, None)
+            assert [direct.zcard(f"{prefix}:slots:{m}") for m in ("test/a", "test/b")] == [0, 0]
+            levels = [float(direct.hget(f"{prefix}:tokens:{m}", "level") or 0) for m in ("test/a", "test/b")]
+            assert levels == [pytest.approx(1000, abs=1), pytest.approx(700, abs=1)]
+            assert await flt.on_upstream_request(other, target("test/b")) is None
+            await flt.on_complete(other, None)
+        finally:
+            await flt.close()
+    asyncio.run(scenario())
+    direct.close()
 
 
 @pytest.fixture
