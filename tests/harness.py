@@ -38,6 +38,17 @@ def eventually(check: Any, timeout: float = 5.0) -> Any:
         time.sleep(0.01)
 
 
+def open_sockets() -> int:
+    """Sockets this process holds open (the proxies under test run in it): for "back to baseline" checks."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return count
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

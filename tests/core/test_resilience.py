@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from core.errors import ConfigError
 from core.plugins import build_registry
 from core.target import Target, Upstream
 from tests.faults import FaultyUpstream, serve_faults
-from tests.harness import Proxy, eventually, run_proxy
+from tests.harness import Proxy, eventually, open_sockets, run_proxy
 
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 QUICK = {"max_attempts": 3, "backoff": {"base_ms": 1, "max_ms": 5}}
@@ -36,24 +35,14 @@ def faults() -> Iterator[FaultyUpstream]:
         yield upstream
 
 
-def _sockets() -> int:
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
-        except OSError:
-            pass
-    return count
-
-
 def _baseline(proxy: Proxy) -> tuple[int, int]:
-    return _sockets(), proxy.tasks()
+    return open_sockets(), proxy.tasks()
 
 
 def _released(proxy: Proxy, faults: FaultyUpstream, before: tuple[int, int]) -> None:
     sockets, tasks = before
-    assert eventually(lambda: _sockets() <= sockets and proxy.tasks() <= tasks and faults.open == 0), \
-        (_sockets(), sockets, proxy.tasks(), tasks, faults.open)
+    assert eventually(lambda: open_sockets() <= sockets and proxy.tasks() <= tasks and faults.open == 0), \
+        (open_sockets(), sockets, proxy.tasks(), tasks, faults.open)
 
 
 def _config(providers: list[dict[str, Any]], **top: Any) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +15,7 @@ import openai
 import pytest
 
 from tests.faults import FAULTS, FaultyUpstream, serve_faults
-from tests.harness import Proxy, eventually, run_proxy
+from tests.harness import Proxy, eventually, open_sockets, run_proxy
 
 CAP = 8192
 TIMEOUTS = {"first_byte": 0.5, "idle": 0.5, "total": 1.5}
@@ -39,16 +38,6 @@ def faulty() -> Iterator[tuple[Proxy, FaultyUpstream]]:
                "limits": {"max_buffered_response_bytes": CAP}}
         with run_proxy(raw) as proxy:
             yield proxy, faults
-
-
-def _sockets() -> int:
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
-        except OSError:
-            pass
-    return count
 
 
 def _post(proxy: Proxy, api: str, model: str, stream: bool) -> tuple[httpx.Response, float]:
@@ -79,8 +68,8 @@ def _no_traceback(caplog: pytest.LogCaptureFixture) -> None:
 
 def _released(proxy: Proxy, faults: FaultyUpstream, sockets: int, tasks: int, upstream_open: int) -> None:
     """Sockets, the proxy's tasks and the upstream's connections back to what they were before the request."""
-    assert eventually(lambda: _sockets() <= sockets and proxy.tasks() <= tasks and faults.open <= upstream_open), \
-        (_sockets(), sockets, proxy.tasks(), tasks, faults.open, upstream_open)
+    assert eventually(lambda: open_sockets() <= sockets and proxy.tasks() <= tasks and faults.open <= upstream_open), \
+        (open_sockets(), sockets, proxy.tasks(), tasks, faults.open, upstream_open)
 
 
 # fault, stream, status, details code, the message (None: not checked)
@@ -116,7 +105,7 @@ def test_every_fault_gets_one_clear_answer(faulty: tuple[Proxy, FaultyUpstream],
                                            client_api: str, upstream_api: str, fault: str, stream: bool, status: int,
                                            code: str, message: str | None) -> None:
     proxy, faults = faulty
-    before = _sockets(), proxy.tasks(), faults.open
+    before = open_sockets(), proxy.tasks(), faults.open
     response, elapsed = _post(proxy, client_api, f"{upstream_api}/{fault}", stream)
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
@@ -137,7 +126,7 @@ def test_a_trickling_upstream_ends_within_the_total_deadline(
         faulty: tuple[Proxy, FaultyUpstream], caplog: pytest.LogCaptureFixture, client_api: str, upstream_api: str,
         stream: bool) -> None:
     proxy, faults = faulty
-    before = _sockets(), proxy.tasks(), faults.open
+    before = open_sockets(), proxy.tasks(), faults.open
     response, elapsed = _post(proxy, client_api, f"{upstream_api}/trickle", stream)
     assert response.status_code == 504 and response.headers["content-type"] == "application/json"
     assert _error(client_api, response)["code"] == "upstream.timeout"
@@ -158,7 +147,7 @@ def test_upstream_error_keeps_retry_after_param_and_strips_control_characters(
 
 def test_refused_connection_is_a_502(faulty: tuple[Proxy, FaultyUpstream], caplog: pytest.LogCaptureFixture) -> None:
     proxy, faults = faulty
-    before = _sockets(), proxy.tasks(), faults.open
+    before = open_sockets(), proxy.tasks(), faults.open
     for api in ("openai", "anthropic"):
         response, elapsed = _post(proxy, api, "test/refused", False)
         assert response.status_code == 502 and _error(api, response)["code"] == "upstream.unavailable"
@@ -173,7 +162,7 @@ def test_a_stream_reset_midway_ends_with_the_api_error_event(
         faulty: tuple[Proxy, FaultyUpstream], caplog: pytest.LogCaptureFixture, client_api: str,
         upstream_api: str) -> None:
     proxy, faults = faulty
-    before = _sockets(), proxy.tasks(), faults.open
+    before = open_sockets(), proxy.tasks(), faults.open
     response, elapsed = _post(proxy, client_api, f"{upstream_api}/reset-stream", True)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
     last = response.text.strip().split("\n\n")[-1]
@@ -242,7 +231,7 @@ def test_a_body_that_fails_after_its_headers_is_aborted(faulty: tuple[Proxy, Fau
                                                         caplog: pytest.LogCaptureFixture,
                                                         capfd: pytest.CaptureFixture[str]) -> None:
     proxy, faults = faulty
-    before = _sockets(), proxy.tasks(), faults.open
+    before = open_sockets(), proxy.tasks(), faults.open
     caplog.set_level(logging.WARNING)
     for path, body in (("/v1/chat/completions", {"model": "test/big-reset-20000", "messages": MESSAGES}),
                        ("/v1/messages", {"model": "anthropic/big-reset-20000", "messages": MESSAGES,
