@@ -526,7 +526,8 @@ def test_usage_counted_across_api_shapes(upstream: tuple[Upstream, str]) -> None
             for model in ("anthropic/claude-test", "test-model"):  # Anthropic upstream, then OpenAI upstream
                 with client.messages.stream(model=model, max_tokens=10, messages=messages) as stream:
                     assert stream.get_final_message().usage.output_tokens == 5
-        assert level() == pytest.approx(1000 - 2 * 12, abs=0.1)
+        # Settled once each request is over, just after the client has its last event.
+        assert eventually(lambda: level() == pytest.approx(1000 - 2 * 12, abs=0.1))
         with openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk", max_retries=0) as oai:
             chunks = list(oai.chat.completions.create(model="anthropic/claude-test", messages=messages, stream=True))
         assert chunks and all(c.usage is None and c.choices for c in chunks)
