@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -154,13 +152,10 @@ class Authenticated:
         if not listener.chain.authenticates:
             await self.endpoint(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         api = "anthropic" if scope["path"].startswith("/v1/messages") else "openai"
-        flow = Flow(request_id=headers.get("x-request-id") or uuid.uuid4().hex, listener=listener.listener,
-                    api=api, method=scope["method"], path=scope["path"], headers=headers, body=b"",
-                    json_body={}, client=scope.get("client"), started=time.perf_counter())
+        flow = Flow.of_request(scope, listener.listener, api)
         exchange = Exchange(flow, send)
-        repeated = repeated_header(scope["headers"])
+        repeated = repeated_header(scope["headers"], flow.headers)
         if repeated is not None:
             await exchange.reply(400, f"header {repeated} is given more than once", "request.duplicate_header")
             return

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import time
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -99,6 +101,14 @@ class Flow:
         self.attempts = 0
         self.started = started
 
+    @classmethod
+    def of_request(cls, scope: Mapping[str, Any], listener: str, api: str) -> Flow:
+        """The flow of an ASGI HTTP request, made as it arrives (before its body is read)."""
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        return cls(request_id=headers.get("x-request-id") or uuid.uuid4().hex, listener=listener, api=api,
+                   method=scope["method"], path=scope["path"], headers=headers, body=b"", json_body={},
+                   client=scope.get("client"), started=time.perf_counter())
+
     def set_request(self, body: bytes, json_body: dict[str, Any]) -> None:
         """The client's body, read and validated (the flow exists before, so a refusal is logged like any)."""
         self._json = json_body
@@ -150,8 +160,13 @@ class Flow:
 SINGLE_VALUE_HEADERS = frozenset({b"authorization", b"x-api-key", b"content-length"})
 
 
-def repeated_header(raw: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The first of ``SINGLE_VALUE_HEADERS`` that the ASGI headers ``raw`` repeat, None when none is."""
+def repeated_header(raw: Sequence[tuple[bytes, bytes]], decoded: Mapping[str, str]) -> str | None:
+    """The first of ``SINGLE_VALUE_HEADERS`` that the ASGI headers ``raw`` repeat, None when none is.
+
+    ``decoded`` is the same headers as a dict: only when a name collapsed there is there anything to find.
+    """
+    if len(decoded) == len(raw):
+        return None
     seen: set[bytes] = set()
     for name, _ in raw:
         name = name.lower()

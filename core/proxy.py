@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -60,12 +58,7 @@ class ProxyEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = self.runtime
         chain = runtime.chain_for(scope)
-        started = time.perf_counter()
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = headers.get("x-request-id") or uuid.uuid4().hex
-        flow = Flow(request_id=request_id, listener=chain.listener, api=self.api, method=scope["method"],
-                    path=scope["path"], headers=headers, body=b"", json_body={}, client=scope.get("client"),
-                    started=started)
+        flow = Flow.of_request(scope, chain.listener, self.api)
         if runtime.tracer is not None:
             send = observe.annotating(send, flow)
         exchange = Exchange(flow, send)
@@ -73,12 +66,11 @@ class ProxyEndpoint:
             if scope["method"] != "POST":
                 raise RequestError(405, f"method {scope['method']} not allowed on {scope['path']}; use POST",
                                    "request.method_not_allowed", headers={"allow": "POST"})
-            # A repeated name collapsed in the dict: only then look for which one.
-            repeated = repeated_header(scope["headers"]) if len(headers) != len(scope["headers"]) else None
+            repeated = repeated_header(scope["headers"], flow.headers)
             if repeated is not None:
                 raise RequestError(400, f"header {repeated} is given more than once", "request.duplicate_header")
             raw = await _read_body(receive, runtime.config.limits.max_request_body_bytes,
-                                   headers.get("content-length"))
+                                   flow.headers.get("content-length"))
             flow.set_request(raw, validate_chat(parse_body(raw), self.api))
         except ClientGone:
             return
@@ -135,7 +127,7 @@ class ProxyEndpoint:
                 if reply is not None:
                     await exchange.local_reply(reply)
                     return
-                meter = UsageMeter(flow, stream=flow.stream, strip=_strips_usage(flow, adapter),
+                meter = UsageMeter(flow, strip=_strips_usage(flow, adapter),
                                    cap=runtime.config.limits.max_buffered_response_bytes)
                 await self._relay(exchange, chain, response, adapter, meter)
         except asyncio.CancelledError as exc:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from core.flow import Flow
-from core.providers.anthropic_response import FINISH_REASONS
+from core.providers.anthropic_response import FINISH_REASONS, openai_usage
 from core.sse import EventSplitter, parse_event
 from core.upstream_errors import invalid_response
 
@@ -37,10 +37,11 @@ def _openai_shaped(fields: dict[str, int]) -> dict[str, int] | None:
     """OpenAI-shaped usage from the counts seen (Anthropic's input, output and cache counts mapped)."""
     if not fields:
         return None
-    f = fields
-    prompt = f.get("prompt_tokens", f.get("input_tokens", 0) + f.get("cache_creation_input_tokens", 0)
-                   + f.get("cache_read_input_tokens", 0))
-    completion = f.get("completion_tokens", f.get("output_tokens", 0))
+    if "prompt_tokens" in fields or "completion_tokens" in fields:
+        prompt, completion = fields.get("prompt_tokens", 0), fields.get("completion_tokens", 0)
+    else:  # Anthropic's counts, mapped as the translators map them
+        mapped = openai_usage(fields)
+        prompt, completion = mapped["prompt_tokens"], mapped["completion_tokens"]
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
@@ -54,11 +55,10 @@ class UsageMeter:
     A whole body is read and parsed by the core before its headers go out, and given to :meth:`whole`.
     """
 
-    __slots__ = ("flow", "stream", "strip", "cap", "ended", "_events", "_fields", "_gave_up", "_checked")
+    __slots__ = ("flow", "strip", "cap", "ended", "_events", "_fields", "_gave_up", "_checked")
 
-    def __init__(self, flow: Flow, *, stream: bool, strip: bool, cap: int) -> None:
+    def __init__(self, flow: Flow, *, strip: bool, cap: int) -> None:
         self.flow = flow
-        self.stream = stream
         self.strip = strip
         self.cap = cap
         #: True once the stream's final event (`[DONE]`, `message_stop`) went past.
@@ -165,10 +165,7 @@ class UsageMeter:
 
     def whole(self, body: dict[str, Any]) -> None:
         """Usage and finish reason of a whole body, parsed once by the core (OpenAI- or Anthropic-shaped)."""
-        usage = body.get("usage")
-        if isinstance(usage, dict):
-            self._fields.update({k: v for k, v in usage.items() if type(v) is int})
-            self.flow.usage = _openai_shaped(self._fields)
+        self._count(body)
         reason = body.get("stop_reason")
         choices = body.get("choices")
         if isinstance(choices, list) and choices and isinstance(choices[0], dict):
@@ -193,6 +190,12 @@ class UsageMeter:
             return None
         if not isinstance(obj, dict):
             return None
+        self._count(obj)
+        return obj
+
+    def _count(self, obj: dict[str, Any]) -> None:
+        """The counts of an answer or event (``usage``, or Anthropic's ``message.usage``), merged with those
+        seen before (Anthropic reports input and output in different events); OpenAI-shaped on the flow."""
         message = obj.get("message")
         found = False
         for usage in (obj.get("usage"), message.get("usage") if isinstance(message, dict) else None):
@@ -201,4 +204,3 @@ class UsageMeter:
                 self._fields.update({k: v for k, v in usage.items() if type(v) is int})
         if found:
             self.flow.usage = _openai_shaped(self._fields)
-        return obj

@@ -56,7 +56,7 @@ def test_stream_usage_and_finish_reason_at_every_split_point(strip: bool, crlf: 
     for cut in range(1, len(stream)):
         for second in (cut, min(len(stream), cut + 7)):
             flow = make_flow()
-            meter = UsageMeter(flow, stream=True, strip=strip, cap=1 << 20)
+            meter = UsageMeter(flow, strip=strip, cap=1 << 20)
             out = meter_all(meter, stream[:cut], stream[cut:second], stream[second:])
             assert out == expected, cut
             assert flow.usage == USAGE["usage"]
@@ -66,7 +66,7 @@ def test_stream_usage_and_finish_reason_at_every_split_point(strip: bool, crlf: 
 
 def test_usage_is_on_the_flow_before_the_event_after_it_is_passed_on() -> None:
     flow = make_flow()
-    meter = UsageMeter(flow, stream=True, strip=False, cap=1 << 20)
+    meter = UsageMeter(flow, strip=False, cap=1 << 20)
     seen_when_done: list[Any] = []
 
     async def run() -> None:
@@ -84,12 +84,12 @@ def test_anthropic_events_and_an_unterminated_tail() -> None:
               b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"tool_use"},'
               b'"usage":{"output_tokens":9}}')
     flow = make_flow()
-    assert meter_all(UsageMeter(flow, stream=True, strip=False, cap=1 << 20), events) == events
+    assert meter_all(UsageMeter(flow, strip=False, cap=1 << 20), events) == events
     assert flow.usage == {"prompt_tokens": 25, "completion_tokens": 9, "total_tokens": 34}
     assert flow.finish_reason == "tool_calls"
     later = make_flow()
     # Only the first data event is checked: later garbage passes (the SDK or the translator reports it).
-    assert meter_all(UsageMeter(later, stream=True, strip=True, cap=1 << 20), sse(CHUNKS[0]), b"data: {not json") \
+    assert meter_all(UsageMeter(later, strip=True, cap=1 << 20), sse(CHUNKS[0]), b"data: {not json") \
         == sse(CHUNKS[0]) + b"data: {not json"
     assert later.usage is None
 
@@ -99,7 +99,7 @@ def test_anthropic_events_and_an_unterminated_tail() -> None:
 def test_a_stream_that_is_not_sse_with_json_data_is_refused(stream: bytes) -> None:
     for strip in (False, True):
         with pytest.raises(RequestError) as refused:
-            meter_all(UsageMeter(make_flow(), stream=True, strip=strip, cap=1 << 20), stream[:3], stream[3:])
+            meter_all(UsageMeter(make_flow(), strip=strip, cap=1 << 20), stream[:3], stream[3:])
         assert refused.value.status == 502 and refused.value.code == "upstream.invalid_response"
 
 
@@ -108,7 +108,7 @@ def test_a_chunk_goes_out_once_the_events_it_completes_were_checked() -> None:
     out: list[bytes] = []
 
     async def run(*parts: bytes) -> None:
-        async for chunk in UsageMeter(make_flow(), stream=True, strip=False, cap=1 << 20).wrap(_chunks(*parts)):
+        async for chunk in UsageMeter(make_flow(), strip=False, cap=1 << 20).wrap(_chunks(*parts)):
             out.append(chunk)
 
     parts = (b": comment\n\n" + first[:9], first[9:] + first[:5], first[5:], sse(b"[DONE]"))
@@ -122,18 +122,18 @@ def test_a_chunk_goes_out_once_the_events_it_completes_were_checked() -> None:
 
 def test_whole_bodies_openai_and_anthropic_and_garbage() -> None:
     flow = make_flow(stream=False)
-    meter = UsageMeter(flow, stream=False, strip=False, cap=1 << 20)
+    meter = UsageMeter(flow, strip=False, cap=1 << 20)
     meter.whole({"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}],
                  "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}})
     assert flow.usage == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
     assert flow.finish_reason == "stop" and meter.ended
     anthropic = make_flow(stream=False)
-    UsageMeter(anthropic, stream=False, strip=False, cap=1 << 20).whole(
+    UsageMeter(anthropic, strip=False, cap=1 << 20).whole(
         {"type": "message", "stop_reason": "max_tokens", "usage": {"input_tokens": 7, "output_tokens": 5}})
     assert anthropic.usage == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
     assert anthropic.finish_reason == "length"
     garbage = make_flow(stream=False)
-    UsageMeter(garbage, stream=False, strip=False, cap=1 << 20).whole({"usage": "lots", "choices": [7]})
+    UsageMeter(garbage, strip=False, cap=1 << 20).whole({"usage": "lots", "choices": [7]})
     assert garbage.usage is None and garbage.finish_reason is None
 
 
@@ -174,7 +174,7 @@ def test_whole_event_chunks_in_either_json_style_after_a_comment(spaced: bool) -
 
     chunks = [b": PROCESSING\n\n", *(event(c) for c in CHUNKS), event(FINISH) + event(USAGE), b"data: [DONE]\n\n"]
     flow = make_flow()
-    meter = UsageMeter(flow, stream=True, strip=True, cap=1 << 20)
+    meter = UsageMeter(flow, strip=True, cap=1 << 20)
     out = meter_all(meter, *chunks)
     assert out == b"".join(chunks).replace(event(USAGE), b"")
     assert flow.usage == USAGE["usage"] and flow.finish_reason == "length" and meter.ended
