@@ -648,6 +648,27 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def run_reported(make_report: Callable[[], str], out: Path | None) -> int:
+    """Run a benchmark that owns processes: stop them on Ctrl-C or SIGTERM (explicit handlers, so a run started in
+    the background, SIGINT ignored, still cleans up), then print its markdown report and write it to `out`."""
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+    try:
+        text = make_report()
+    except KeyboardInterrupt:
+        print("\ninterrupted; every started process was stopped", file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        print(f"\nfailed: {exc}", file=sys.stderr)
+        return 1
+    print()
+    print(text, end="")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    return 0
+
+
 def run(args: argparse.Namespace) -> str:
     started = time.monotonic()
     seconds, warmup = (2, 1) if args.quick else (args.duration, 1)
@@ -705,21 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the markdown report to this file")
     args = parser.parse_args(argv)
     ensure_wrk()
-    # Explicit handlers, so that a run started in the background (SIGINT ignored) still cleans up on either.
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)
-    try:
-        text = run(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted; every started process was stopped", file=sys.stderr)
-        return 130
-    print()
-    print(text, end="")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    return 0
-
+    return run_reported(lambda: run(args), args.out)
 
 if __name__ == "__main__":
     sys.exit(main())

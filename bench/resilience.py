@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,8 +27,8 @@ from overhead import (
     Services,
     Target,
     _ms,
-    _terminate,
     ensure_wrk,
+    run_reported,
     free_port,
     machine,
     measure,
@@ -253,25 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the markdown report to this file")
     args = parser.parse_args(argv)
     ensure_wrk()
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)
     started = time.monotonic()
-    try:
-        results = run(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted; every started process was stopped", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"\nfailed: {exc}", file=sys.stderr)
-        return 1
-    text = report(results, started)
-    print()
-    print(text, end="")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    return 0
-
+    return run_reported(lambda: report(run(args), started), args.out)
 
 if __name__ == "__main__":
     sys.exit(main())

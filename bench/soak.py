@@ -9,7 +9,6 @@ import os
 import random
 import re
 import secrets
-import signal
 import socket
 import statistics
 import subprocess
@@ -21,13 +20,12 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, Literal
 
 import yaml
 from overhead import (BIN, CHAIN, PROMPT, ROOT, BadResponse, BenchError, Services, Target, chain_filters, check,
                       free_port, machine, outerloop_config, percentile, registered_filters, run_async,
-                      start_upstream, wait_ready)
+                      run_reported, start_upstream, wait_ready)
 
 CONCURRENCY = 32
 REQUEST_TIMEOUT = 15.0
@@ -326,7 +324,7 @@ def tables(result: Soak) -> list[str]:
     total = sum(progress.outcomes.values())
     good = sum(n for (name, o), n in progress.outcomes.items() if o == next(k for k in KINDS if k.name == name).expected)
     lines.append(f"| all | 100% | {total:,} | | {good:,} | {total - good:,} | | |")
-    lines += ["", f"| metric | after warm-up | end | growth | limit | result | idle 3 s after the load |",
+    lines += ["", "| metric | after warm-up | end | growth | limit | result | idle 3 s after the load |",
               "|---|---|---|---|---|---|---|"]
     for g in growth(result):
         fmt = "{:.1f}" if g.metric.startswith("RSS") else "{:.0f}"
@@ -427,10 +425,6 @@ def start_proxy(services: Services, workdir: Path, upstream: Target, api_key: st
     return Target("outerloop, full chain", port, "up/m", token=api_key, service=service)
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace, png: Path) -> tuple[str, bool]:
     started = time.monotonic()
     missing = [name for name in CHAIN if name not in registered_filters()]
@@ -472,23 +466,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.requests = min(args.requests, 3000)
     png = args.out.with_suffix(".png")
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)
-    try:
-        text, passed = run(args, png)
-    except KeyboardInterrupt:
-        print("\ninterrupted; every started process was stopped", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"soak failed: {exc}", file=sys.stderr)
-        return 1
-    print()
-    print(text, end="")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"\nwrote {args.out} and {png}")
-    return 0 if passed else 1
+    passed: list[bool] = []
 
+    def soak() -> str:
+        text, ok = run(args, png)
+        passed.append(ok)
+        return text
+
+    code = run_reported(soak, args.out)
+    if code:
+        return code
+    print(f"\nwrote {args.out} and {png}")
+    return 0 if passed[0] else 1
 
 if __name__ == "__main__":
     sys.exit(main())
