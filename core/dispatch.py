@@ -139,7 +139,7 @@ async def dispatch(runtime: Runtime, flow: Flow, chain: Chain, deadline: asyncio
             # Every model failed: the last answer goes to the client as it is (its Retry-After kept).
             flow.served_by = failed_target
             failed_by.outstanding += 1
-            served = failed, runtime.adapter(flow.api, failed_target.upstream.api), failed_by
+            served = failed, runtime.adapter(flow, failed_target), failed_by
             failed = None
             return served
         if error is not None:
@@ -156,7 +156,7 @@ async def _attempt(runtime: Runtime, flow: Flow, dep: Deployment, target: Target
                    span: Span | None) -> tuple[httpx.Response, Adapter] | httpx.TransportError:
     """One upstream call to ``target`` on deployment ``dep``, as its own span: the answer's headers, or why
     there were none."""
-    adapter = runtime.adapter(flow.api, target.upstream.api)
+    adapter = runtime.adapter(flow, target)
     request = adapter.request(flow, target)
     request.extensions["timeout"] = target.timeouts
     attempt_span = None

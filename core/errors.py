@@ -69,11 +69,14 @@ def anthropic_error(status: int, message: str, code: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": anthropic_error_type(status), "message": message, "code": code}}
 
 
-def error_body(api: str, status: int, message: str, code: str, param: str | None = None) -> bytes:
-    """An error in the API shape the client speaks, so its SDK raises its own exception type."""
-    if api == "anthropic":
-        return json.dumps(anthropic_error(status, message, code)).encode()
-    return openai_error_bytes(status, message, code, param)
+def error_body(api: str, status: int, message: str, code: str, param: str | None = None,
+               agent: str | None = None) -> bytes:
+    """An error in the API shape the client speaks, so its SDK raises its own exception type; on an agent
+    listener the failing agent is named (``error.agent``)."""
+    body = anthropic_error(status, message, code) if api == "anthropic" else openai_error(status, message, code, param)
+    if agent is not None:
+        body["error"]["agent"] = agent
+    return json.dumps(body).encode()
 
 
 class RequestError(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from core.asgi import Send
 from core.errors import error_body
@@ -22,7 +22,7 @@ class Exchange:
     them, it ends the stream with that API's error event, which the SDKs raise on.
     """
 
-    __slots__ = ("flow", "_send", "started", "finished")
+    __slots__ = ("flow", "_send", "started", "finished", "error_event")
 
     def __init__(self, flow: Flow, send: Send) -> None:
         self.flow = flow
@@ -31,6 +31,9 @@ class Exchange:
         self.started = False
         #: True once the response's last byte was sent.
         self.finished = False
+        #: The stream's error event for (status, message, details) when the client's API has its own
+        #: (the Responses API's ``response.failed``, numbered in its sequence); else the chat or messages one.
+        self.error_event: Callable[[int, str, str], bytes] | None = None
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.flow.response_status = status
@@ -73,7 +76,7 @@ class Exchange:
         flow.details = details
         if self.finished:
             return
-        payload = error_body(flow.api, status, message, details, param)
+        payload = error_body(flow.api, status, message, details, param, flow.agent)
         if not self.started:
             await self.whole(status, payload, self._headers(headers))
             return
@@ -84,7 +87,10 @@ class Exchange:
             log.warning("request %s: response failed after its headers were sent (%s): connection aborted",
                         flow.request_id, details)
             return
-        event = (b"event: error\ndata: " if flow.api == "anthropic" else b"data: ") + payload + b"\n\n"
+        if self.error_event is not None:
+            event = self.error_event(status, message, details)
+        else:
+            event = (b"event: error\ndata: " if flow.api == "anthropic" else b"data: ") + payload + b"\n\n"
         await self._send({"type": "http.response.body", "body": event, "more_body": False})
         self.finished = True
 

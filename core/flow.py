@@ -38,10 +38,10 @@ class Flow:
     """One request through one listener. Filters share state on it, never through each other."""
 
     __slots__ = (
-        "request_id", "listener", "api", "method", "path", "client", "headers", "_body", "_json",
+        "request_id", "listener", "api", "endpoint", "method", "path", "client", "headers", "_body", "_json",
         "model", "stream", "targets", "served_by", "principal", "session_id", "pin", "route", "annotations",
         "state", "extra_headers", "response_status", "response_headers", "usage", "finish_reason", "ttft_ms",
-        "details", "attempts", "started",
+        "details", "attempts", "started", "agent", "conversation",
     )
 
     def __init__(
@@ -57,11 +57,16 @@ class Flow:
         json_body: dict[str, Any],
         client: tuple[str, int] | None = None,
         started: float = 0.0,
+        endpoint: str | None = None,
     ) -> None:
         self.request_id = request_id
         self.listener = listener
-        #: The API shape the client speaks ("openai" or "anthropic"): errors are rendered in it.
+        #: The API shape of ``json`` and of the response bodies filters see ("openai" or "anthropic"); errors
+        #: are rendered in it.
         self.api = api
+        #: The client's endpoint ("chat", "messages", "responses", "embeddings", "count_tokens"): which
+        #: adapters serve it. A Responses request is an "openai" flow: ``json`` is its chat-completions form.
+        self.endpoint = endpoint or ("messages" if api == "anthropic" else "chat")
         self.method = method
         self.path = path
         self.client = client
@@ -100,14 +105,18 @@ class Flow:
         self.details: str | None = None
         self.attempts = 0
         self.started = started
+        #: On an agent listener, the agent this flow calls: errors name it.
+        self.agent: str | None = None
+        #: A Responses request's state (core.responses_api): the client's body, its conversation, the store.
+        self.conversation: Any = None
 
     @classmethod
-    def of_request(cls, scope: Mapping[str, Any], listener: str, api: str) -> Flow:
+    def of_request(cls, scope: Mapping[str, Any], listener: str, api: str, endpoint: str | None = None) -> Flow:
         """The flow of an ASGI HTTP request, made as it arrives (before its body is read)."""
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         return cls(request_id=headers.get("x-request-id") or uuid.uuid4().hex, listener=listener, api=api,
                    method=scope["method"], path=scope["path"], headers=headers, body=b"", json_body={},
-                   client=scope.get("client"), started=time.perf_counter())
+                   client=scope.get("client"), started=time.perf_counter(), endpoint=endpoint)
 
     def set_request(self, body: bytes, json_body: dict[str, Any]) -> None:
         """The client's body, read and validated (the flow exists before, so a refusal is logged like any)."""

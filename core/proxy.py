@@ -22,7 +22,7 @@ from core.resolve import resolve_targets
 from core.responses import raw_headers
 from core.upstream_errors import MAX_ERROR_BODY, error_answer, invalid_response, parse_object
 from core.usage import UsageMeter
-from core.validation import parse_body, validate_chat
+from core.validation import parse_body, validate_body
 
 if TYPE_CHECKING:
     from core.chain import Chain
@@ -51,14 +51,15 @@ class ProxyEndpoint:
     side is an :class:`~core.exchange.Exchange`.
     """
 
-    def __init__(self, runtime: Runtime, api: str) -> None:
+    def __init__(self, runtime: Runtime, api: str, endpoint: str | None = None) -> None:
         self.runtime = runtime
         self.api = api
+        self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = self.runtime
         chain = runtime.chain_for(scope)
-        flow = Flow.of_request(scope, chain.listener, self.api)
+        flow = Flow.of_request(scope, chain.listener, self.api, self.endpoint)
         if runtime.tracer is not None:
             send = observe.annotating(send, flow)
         exchange = Exchange(flow, send)
@@ -71,7 +72,7 @@ class ProxyEndpoint:
                 raise RequestError(400, f"header {repeated} is given more than once", "request.duplicate_header")
             raw = await _read_body(receive, runtime.config.limits.max_request_body_bytes,
                                    flow.headers.get("content-length"))
-            flow.set_request(raw, validate_chat(parse_body(raw), self.api))
+            flow.set_request(raw, validate_body(parse_body(raw), flow.endpoint))
         except ClientGone:
             return
         except RequestError as exc:
@@ -104,7 +105,8 @@ class ProxyEndpoint:
         served: Deployment | None = None
         try:
             reply = await chain.on_request(flow)
-            if reply is None:
+            # Targets set before the chain ran (an agent listener's agent) stand; else the core resolves them.
+            if reply is None and not flow.targets:
                 reply = resolve_targets(flow, runtime.upstreams, chain.authenticates, runtime.balancers.fallbacks)
             if reply is not None:
                 await exchange.local_reply(reply)
@@ -226,7 +228,7 @@ class ProxyEndpoint:
                 break
         encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
         body = error_answer(flow.api, status, response.headers.get("content-type"),
-                            b"" if encoded else bytes(data[:MAX_ERROR_BODY]))
+                            b"" if encoded else bytes(data[:MAX_ERROR_BODY]), flow.agent)
         headers = [(k, v) for k, v in _response_headers(response, flow, keep_length=False)
                    if k not in (b"content-type", b"content-encoding")]
         flow.details = f"upstream.http_{status}"

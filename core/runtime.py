@@ -9,8 +9,9 @@ from core.asgi import Scope
 from core.balancing import Balancers
 from core.chain import Chain
 from core.config import Config, Listener
-from core.errors import ConfigError
+from core.errors import ConfigError, RequestError
 from core.filter import FilterContext
+from core.flow import Flow
 from core.plugins import Registry
 from core.providers import Adapter
 from core.providers.anthropic_upstream import (
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
     from core.hookspecs import Observer
+    from core.target import Target
 
 
 @dataclass(frozen=True)
@@ -58,13 +60,14 @@ class Runtime:
         self.chains = [ListenerChain(listener.name, self._build_chain(listener)) for listener in config.listeners]
         self._by_port = {listener.port: chain for listener, chain in zip(config.listeners, self.chains)}
         openai = openai_passthrough()
+        #: (the client's endpoint, the upstream's interface) -> the adapter between them.
         self._adapters: dict[tuple[str, str], Adapter] = {
-            ("openai", "openai"): openai,
-            ("openai", "demo"): openai,
-            ("openai", "anthropic"): OpenAIClientAnthropicUpstream(),
-            ("anthropic", "anthropic"): anthropic_passthrough(),
-            ("anthropic", "openai"): AnthropicClientOpenAIUpstream(),
-            ("anthropic", "demo"): AnthropicClientOpenAIUpstream(),
+            ("chat", "openai"): openai,
+            ("chat", "demo"): openai,
+            ("chat", "anthropic"): OpenAIClientAnthropicUpstream(),
+            ("messages", "anthropic"): anthropic_passthrough(),
+            ("messages", "openai"): AnthropicClientOpenAIUpstream(),
+            ("messages", "demo"): AnthropicClientOpenAIUpstream(),
         }
 
     def _build_chain(self, listener: Listener) -> Chain:
@@ -86,8 +89,14 @@ class Runtime:
                 return found
         return self.chains[0]
 
-    def adapter(self, client_api: str, upstream_api: str) -> Adapter:
-        return self._adapters[(client_api, upstream_api)]
+    def adapter(self, flow: Flow, target: Target) -> Adapter:
+        """The adapter between the flow's endpoint and the target's interface; a 400 where there is none (an
+        embedding asked of an Anthropic model)."""
+        found = self._adapters.get((flow.endpoint, target.upstream.api))
+        if found is None:
+            raise RequestError(400, f"the model {target.model} ({target.upstream.api} API) cannot serve {flow.path}",
+                               "model.unsupported_endpoint", "model")
+        return found
 
     async def startup(self) -> None:
         await self.registry.startup(self.config, self.state)

@@ -20,7 +20,7 @@ MAX_ERROR_BODY = 64 * 1024
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def error_answer(api: str, status: int, content_type: str | None, body: bytes) -> bytes:
+def error_answer(api: str, status: int, content_type: str | None, body: bytes, agent: str | None = None) -> bytes:
     """An upstream's 4xx/5xx in the client's API shape, details ``upstream.http_<status>``.
 
     The upstream's own message is kept when it is text in a JSON error (OpenAI's ``error.message``,
@@ -30,7 +30,7 @@ def error_answer(api: str, status: int, content_type: str | None, body: bytes) -
     message, param = _message(body)
     if message is None:
         message = f"the upstream answered {status} ({content_type or 'no content type'})"
-    return error_body(api, status, message, f"upstream.http_{status}", param)
+    return error_body(api, status, message, f"upstream.http_{status}", param, agent)
 
 
 def _message(body: bytes) -> tuple[str | None, str | None]:
