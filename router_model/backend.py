@@ -25,7 +25,9 @@ class RouterUpstreamError(RouterError):
 
 @dataclass(frozen=True)
 class Decision:
-    """One routing decision. `route` is None when the model answered `other` or nothing usable."""
+    """One routing decision. `routes` is every route the answer names, in order (several only from a profile
+    whose answers are lists, e.g. an agent sequence); `route` is the first of them, None when the model answered
+    `other` or nothing usable. Built with `route` alone, `routes` is that one route."""
 
     route: str | None
     latency_ms: float
@@ -35,6 +37,13 @@ class Decision:
     steps: int = 0
     raw: str | None = None
     scores: Mapping[str, float] = field(default_factory=dict)
+    routes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.routes and self.route is not None:
+            object.__setattr__(self, "routes", (self.route,))
+        elif self.routes and self.route != self.routes[0]:
+            raise ValueError(f"route {self.route!r} is not the first of routes {self.routes!r}")
 
 
 #: What in-process backends decide once at startup (`warm_up`): the route set's caches get filled and the
@@ -50,7 +59,8 @@ class RouterBackend(Protocol):
     name: str
 
     async def decide(self, messages: Sequence[Message], routes: RouteSet | None = None) -> Decision:
-        """Picks a route for the conversation; `routes` overrides the set the backend was built with."""
+        """Picks a route (a sequence in `Decision.routes`, where the backend is built for lists) for the
+        conversation; `routes` overrides the set the backend was built with."""
         ...
 
     def warm_up(self) -> None:

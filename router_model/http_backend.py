@@ -37,12 +37,17 @@ class HttpRouter:
         max_conversation_tokens: int = 2048,
         tokenizer: RouterTokenizer | None = None,
         client: httpx.AsyncClient | None = None,
+        max_routes: int | None = None,
     ) -> None:
+        if max_routes is not None and max_routes < 1:
+            raise ValueError(f"max_routes must be at least 1, got {max_routes}")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.routes = RouteSet.of(routes)
         self.profile = get_profile(profile)
         self.max_conversation_tokens = max_conversation_tokens
+        #: At most this many routes of a list answer are kept (None: all it names).
+        self.max_routes = max_routes
         self._count = tokenizer.count if tokenizer is not None else _approx_tokens
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = client or httpx.AsyncClient(
@@ -78,8 +83,10 @@ class HttpRouter:
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise RouterUpstreamError(f"router endpoint {self.url} returned no chat completion: {exc!r}") from exc
         usage = payload.get("usage") or {}
+        chosen = self.profile.parse_all(str(answer), routes)[: self.max_routes]
         return Decision(
-            route=self.profile.parse(str(answer), routes),
+            route=chosen[0] if chosen else None,
+            routes=chosen,
             latency_ms=(time.perf_counter() - start) * 1000,
             backend=self.name,
             prompt_tokens=int(usage.get("prompt_tokens") or 0),

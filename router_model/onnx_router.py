@@ -14,10 +14,10 @@ from typing import Any, Literal
 import numpy as np
 
 from router_model.backend import WARM_UP_CONVERSATION, Decision, Message, RouterError
-from router_model.decoder import generate, prefill, score_full, tree_score, trie_batched, trie_search
+from router_model.decoder import Batch, generate, prefill, score_full, tree_score, trie_batched, trie_search
 from router_model.engine import OnnxCausalLM, PastKV
 from router_model.kv_cache import PrefixCache
-from router_model.prompts import PromptBuilder, RenderedPrompt, get_profile
+from router_model.prompts import ListMove, PromptBuilder, RenderedPrompt, get_profile
 from router_model.routes import OTHER, Route, RouteSet
 from router_model.tokenizer import RouterTokenizer
 from router_model.trie import TokenTrie
@@ -46,7 +46,10 @@ class OnnxRouter:
         max_new_tokens: int = 32,
         intra_op_threads: int | None = None,
         io_binding: bool | None = None,
+        max_routes: int = 1,
     ) -> None:
+        if max_routes < 1:
+            raise ValueError(f"max_routes must be at least 1, got {max_routes}")
         self.model_dir = Path(model_dir)
         self.routes = RouteSet.of(routes)
         self.engine = OnnxCausalLM(self.model_dir, providers=providers, intra_op_threads=intra_op_threads,
@@ -60,6 +63,9 @@ class OnnxRouter:
         # there too under load, and a lone request still runs alone.
         self.max_batch = max_batch if max_batch is not None else (32 if self.engine.on_device else 8)
         self.max_new_tokens = max_new_tokens
+        # Up to this many routes in order (an agent sequence), where the profile answers with a list; one
+        # route keeps the single-choice decoders.
+        self.max_routes = max_routes if self.prompts.profile.lists_routes else 1
         # A single request scores its trie nodes in one or two batched forwards (measured faster on a CPU than
         # best-first's sequential steps; on a GPU each sequential forward costs a full pass of kernel launches);
         # batches of requests use best-first search in lockstep.
@@ -69,6 +75,7 @@ class OnnxRouter:
         self.tree_scoring = self.engine.tree
         self.prefix_cache = PrefixCache()
         self._tries: dict[str, TokenTrie] = {}
+        self._first_moves: dict[str, tuple[dict[str, ListMove], TokenTrie]] = {}
         # One inference thread: ORT already uses every core for a single run, and one thread keeps batches whole.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-model")
         self._lock = threading.Lock()
@@ -86,6 +93,14 @@ class OnnxRouter:
         if trie is None:
             trie = self._tries[routes.key] = TokenTrie(self.prompts.candidates(routes))
         return trie
+
+    def first_moves(self, routes: RouteSet) -> tuple[dict[str, ListMove], TokenTrie]:
+        """The first step of a list answer and its trie, built once per route set."""
+        cached = self._first_moves.get(routes.key)
+        if cached is None:
+            moves = self.prompts.list_moves(routes, (), self.max_routes)
+            cached = self._first_moves[routes.key] = (moves, _move_trie(moves))
+        return cached
 
     def prefix_kv(self, routes: RouteSet, batch: int = 1) -> PastKV:
         prefix = self.prompts.prefix(routes)
@@ -127,6 +142,8 @@ class OnnxRouter:
 
     def _decide_trie(self, rendered: list[RenderedPrompt], routes: RouteSet, start: float) -> list[Decision]:
         rows = [self.remainder_ids(r, forced=True) for r in rendered]
+        if self.max_routes > 1:
+            return [self._decide_list(r, row, routes, start) for r, row in zip(rendered, rows, strict=True)]
         prefix = self.prefix_kv(routes, len(rows))
         if self.tree_scoring:
             return self._decide_tree(rendered, rows, prefix, routes, start)
@@ -175,6 +192,55 @@ class OnnxRouter:
             )
         return decisions
 
+    def _decide_list(self, rendered: RenderedPrompt, row: list[int], routes: RouteSet, start: float) -> Decision:
+        """Up to `max_routes` routes in order, one exact trie choice per list item.
+
+        Each step chooses between naming a route not chosen yet and closing the list after it, or naming it and
+        continuing (the order the model writes `"a"]}` or `"a", "b"...`). On a tree-capable export the first
+        step is one forward, as a single decision is; the list continues on a KV cache of the prompt and the
+        items decided so far, each step one forward that feeds the last item plus the trie search's one or two.
+        """
+        pad = self.tokenizer.info.pad_id
+        moves, trie = self.first_moves(routes)
+        batch: Batch | None = None
+        if self.tree_scoring:
+            tree = tree_score(self.engine, self.prefix_kv(routes), [row], trie, pad)[0]
+            key = max(tree, key=lambda text: tree[text])
+            logprob, steps = tree[key], 1
+        else:
+            batch = prefill(self.engine, self.prefix_kv(routes), [row], pad)
+            first = trie_batched(self.engine, batch, trie, pad)
+            key, logprob, steps = first.candidate, first.logprob, first.steps + 1
+        chosen: list[str] = []
+        scores: dict[str, float] = {}
+        raw = self.prompts.profile.answer_prefix
+        while True:
+            move = moves[key]
+            raw += move.text
+            scores[move.route or OTHER] = logprob
+            if move.route is not None:
+                chosen.append(move.route)
+            if move.closes:
+                break
+            if batch is None:
+                batch = prefill(self.engine, self.prefix_kv(routes), [row + list(move.ids)], pad)
+            else:
+                batch = prefill(self.engine, batch.past, [move.ids], pad)
+            moves = self.prompts.list_moves(routes, chosen, self.max_routes)
+            result = trie_batched(self.engine, batch, _move_trie(moves), pad)
+            key, logprob, steps = result.candidate, result.logprob, steps + result.steps + 1
+        return Decision(
+            route=chosen[0] if chosen else None,
+            routes=tuple(chosen),
+            latency_ms=(time.perf_counter() - start) * 1000,
+            backend=self.name,
+            prompt_tokens=len(rendered.prefix.ids) + len(row),
+            cached_tokens=len(rendered.prefix.ids),
+            steps=steps,
+            raw=raw,
+            scores=scores,
+        )
+
     def _decide_generate(self, rendered: RenderedPrompt, routes: RouteSet, mode: Mode, start: float) -> Decision:
         if mode == "prefix":
             prefix: PastKV | None = self.prefix_kv(routes)
@@ -184,8 +250,10 @@ class OnnxRouter:
             prefix, prompt, cached = None, self.tokenizer.encode(rendered.text), 0
         out = generate(self.engine, prompt, prefix, self.tokenizer.info.eos_ids, self.max_new_tokens)
         answer = self.tokenizer.decode(out)
+        chosen = self.prompts.profile.parse_all(answer, routes)[: self.max_routes]
         return Decision(
-            route=self.prompts.profile.parse(answer, routes),
+            route=chosen[0] if chosen else None,
+            routes=chosen,
             latency_ms=(time.perf_counter() - start) * 1000,
             backend=self.name,
             prompt_tokens=cached + len(prompt),
@@ -256,6 +324,10 @@ class OnnxRouter:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _move_trie(moves: Mapping[str, ListMove]) -> TokenTrie:
+    return TokenTrie({text: move.ids for text, move in moves.items()})
+
+
 def _deliver(fut: asyncio.Future[Decision], setter: Any, value: Any) -> None:
     # Each waiter is woken on its own loop: one worker thread can outlive the loop that started it.
     try:
@@ -282,4 +354,5 @@ def describe(router: OnnxRouter) -> dict[str, Any]:
         "profile": router.prompts.profile.name,
         "routes": list(router.routes.names),
         "max_batch": router.max_batch,
+        "max_routes": router.max_routes,
     }

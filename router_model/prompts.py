@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from abc import ABC, abstractmethod
@@ -87,8 +88,22 @@ class PromptProfile(ABC):
         """The answer text after `answer_prefix` that selects `route` (OTHER for no route)."""
 
     @abstractmethod
+    def parse_all(self, answer: str, routes: RouteSet) -> tuple[str, ...]:
+        """Every known route a full answer names, in order and without repeats; empty for `other`, an empty
+        list, unknown names or malformed answers."""
+
     def parse(self, answer: str, routes: RouteSet) -> str | None:
-        """The route a full answer names; None for `other`, unknown names or malformed answers."""
+        """The first route a full answer names (see `parse_all`); None when it names none."""
+        names = self.parse_all(answer, routes)
+        return names[0] if names else None
+
+    #: Whether answers are lists (`list_item`), so the constrained decoder can name several routes in order.
+    lists_routes = False
+
+    def list_item(self, route: str, index: int, closes: bool) -> str:
+        """The answer text after `answer_prefix` and `index` earlier items that names `route` and then either
+        closes the list or continues it (the next item follows)."""
+        raise NotImplementedError(f"the {self.name} profile answers with one route, not a list")
 
     def user_message(self, routes: RouteSet, turns: Sequence[Turn]) -> str:
         return self.template(routes).replace(_CONVERSATION, self.render_conversation(turns), 1)
@@ -109,19 +124,20 @@ class ArchRouterProfile(PromptProfile):
     def continuation(self, route: str) -> str:
         return route + '"}'
 
-    def parse(self, answer: str, routes: RouteSet) -> str | None:
+    def parse_all(self, answer: str, routes: RouteSet) -> tuple[str, ...]:
         value = _loads_object(answer)
         route = value.get("route") if value is not None else None
-        if isinstance(route, list):  # tolerate the orchestrator's list form
+        if isinstance(route, list):  # tolerate the orchestrator's list form; this model names one route
             route = route[0] if route else None
         if not isinstance(route, str) or route == OTHER or route not in routes.names:
-            return None
-        return route
+            return ()
+        return (route,)
 
 
 class PlanoOrchestratorProfile(PromptProfile):
     name = "plano-orchestrator"
     answer_prefix = '{"route": ['
+    lists_routes = True
 
     def template(self, routes: RouteSet) -> str:
         lines = "\n".join(json.dumps(r.as_json(), ensure_ascii=False) for r in routes)
@@ -133,18 +149,22 @@ class PlanoOrchestratorProfile(PromptProfile):
     def continuation(self, route: str) -> str:
         return "]}" if route == OTHER else json.dumps(route, ensure_ascii=False) + "]}"
 
-    def parse(self, answer: str, routes: RouteSet) -> str | None:
+    def list_item(self, route: str, index: int, closes: bool) -> str:
+        # json.dumps's separators, as the model was trained to write a list. An item ends after its comma, not
+        # after the name's closing quote: Qwen's pre-tokenizer joins that quote with what follows (`",` and
+        # `"]}`), so only there does a step boundary fall between tokens the model saw in training.
+        return (" " if index else "") + json.dumps(route, ensure_ascii=False) + ("]}" if closes else ",")
+
+    def parse_all(self, answer: str, routes: RouteSet) -> tuple[str, ...]:
         value = _loads_object(answer)
         route = value.get("route") if value is not None else None
         if isinstance(route, str):
             route = [route]
         if not isinstance(route, list):
-            return None
-        # Only the first route is used for model routing; skip empty or unknown names.
-        for name in route:
-            if isinstance(name, str) and name in routes.names:
-                return name
-        return None
+            return ()
+        # Model routing uses the first name, agent routing the sequence; unknown names and repeats are skipped.
+        known = (name for name in route if isinstance(name, str) and name in routes.names)
+        return tuple(dict.fromkeys(known))
 
 
 PROFILES: dict[str, PromptProfile] = {p.name: p for p in (ArchRouterProfile(), PlanoOrchestratorProfile())}
@@ -225,12 +245,37 @@ class PromptBuilder:
 
     def candidates(self, routes: RouteSet) -> dict[str, tuple[int, ...]]:
         """Token sequences that complete the forced answer prefix with each route name and `other`."""
-        forced = self.tokenizer.encode(self.profile.answer_prefix)
-        out: dict[str, tuple[int, ...]] = {}
-        for name in (*routes.names, OTHER):
-            whole = self.tokenizer.encode(self.profile.answer_prefix + self.profile.continuation(name))
-            # Prefer the tokenization the model saw in training (the whole answer); fall back when the forced
-            # prefix does not tokenize as a prefix of it.
-            tail = whole[len(forced) :] if whole[: len(forced)] == forced else None
-            out[name] = tuple(tail or self.tokenizer.encode(self.profile.continuation(name)))
-        return out
+        prefix = self.profile.answer_prefix
+        return {name: self.continuation_ids(prefix, self.profile.continuation(name)) for name in (*routes.names, OTHER)}
+
+    def continuation_ids(self, context: str, text: str) -> tuple[int, ...]:
+        """The tokens of `text` written after `context`."""
+        forced = self.tokenizer.encode(context)
+        whole = self.tokenizer.encode(context + text)
+        # Prefer the tokenization the model saw in training (the whole answer); fall back when the context does
+        # not tokenize as a prefix of it.
+        tail = whole[len(forced) :] if whole[: len(forced)] == forced else None
+        return tuple(tail or self.tokenizer.encode(text))
+
+    def list_moves(self, routes: RouteSet, chosen: Sequence[str], max_routes: int) -> dict[str, ListMove]:
+        """The next step of a list answer after the routes `chosen` so far, keyed by its text: each route not
+        chosen yet, closing the list or (while fewer than `max_routes` would be named and routes remain)
+        continuing it; before the first item, also the empty list (`other`)."""
+        profile, index = self.profile, len(chosen)
+        context = profile.answer_prefix + "".join(profile.list_item(n, i, False) for i, n in enumerate(chosen))
+        remaining = [name for name in routes.names if name not in chosen]
+        continues = (False, True) if index + 1 < max_routes and len(remaining) > 1 else (False,)
+        moves = [ListMove(name, not more, profile.list_item(name, index, not more)) for name in remaining for more in continues]
+        if index == 0:
+            moves.append(ListMove(None, True, profile.continuation(OTHER)))
+        return {m.text: dataclasses.replace(m, ids=self.continuation_ids(context, m.text)) for m in moves}
+
+
+@dataclass(frozen=True)
+class ListMove:
+    """One step of a list answer: `route` (None for the empty list) and whether the list closes after it."""
+
+    route: str | None
+    closes: bool
+    text: str
+    ids: tuple[int, ...] = ()
