@@ -208,6 +208,7 @@ class Cell:
     seconds: float = 0.0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
+    p95_ms: float = 0.0
     errors: int = 0
     note: str = ""
     #: CPU the load generator itself used, as a share of one core: near 100% means it may be the bottleneck.
@@ -228,7 +229,8 @@ function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format("BENCH_RESULT %d %d %d\\n", summary.requests, summary.duration,
     e.connect + e.read + e.write + e.timeout + e.status))
-  io.write(string.format("BENCH_LATENCY %.1f %.1f\\n", latency:percentile(50), latency:percentile(99)))
+  io.write(string.format("BENCH_LATENCY %.1f %.1f %.1f\\n", latency:percentile(50), latency:percentile(99),
+    latency:percentile(95)))
 end
 """
 
@@ -250,12 +252,13 @@ def run_wrk(target: Target, script: Path, connections: int, seconds: int) -> Cel
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     result = re.search(r"BENCH_RESULT (\d+) (\d+) (\d+)", out)
-    latency = re.search(r"BENCH_LATENCY ([\d.]+) ([\d.]+)", out)
+    latency = re.search(r"BENCH_LATENCY ([\d.]+) ([\d.]+) ([\d.]+)", out)
     if not result or not latency:
         raise BenchError(f"wrk gave no result:\n{out}")
     requests, micros, errors = (int(g) for g in result.groups())
     return Cell(requests=requests, seconds=micros / 1e6, p50_ms=float(latency.group(1)) / 1000,
-                p99_ms=float(latency.group(2)) / 1000, errors=errors, client_cpu=cpu / max(micros / 1e6, 1e-9))
+                p99_ms=float(latency.group(2)) / 1000, p95_ms=float(latency.group(3)) / 1000, errors=errors,
+                client_cpu=cpu / max(micros / 1e6, 1e-9))
 
 
 class BadResponse(Exception):
@@ -320,7 +323,8 @@ async def _stream_worker(target: Target, request: bytes, deadline: float, run: S
                     if writer is None or reader is None:
                         reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
                     ttfb, _, body, keep = await exchange(reader, writer, request)
-                if not body.rstrip().endswith(target.stream_end):
+                # The end marker is in the last event (a Responses stream's `event:` line precedes its data).
+                if target.stream_end not in body[-8192:]:
                     raise BadResponse(f"stream did not end with {target.stream_end!r}: {body[-200:]!r}")
                 run.ttfb.append(ttfb)
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError,
@@ -345,8 +349,8 @@ async def _stream_cell(target: Target, connections: int, seconds: float) -> Cell
     elapsed = time.perf_counter() - start
     ttfb = sorted(run.ttfb)
     return Cell(requests=len(ttfb), seconds=elapsed, p50_ms=percentile(ttfb, 50) * 1000,
-                p99_ms=percentile(ttfb, 99) * 1000, errors=run.errors, note=run.last_error,
-                client_cpu=(time.process_time() - cpu) / elapsed)
+                p99_ms=percentile(ttfb, 99) * 1000, p95_ms=percentile(ttfb, 95) * 1000, errors=run.errors,
+                note=run.last_error, client_cpu=(time.process_time() - cpu) / elapsed)
 
 
 def percentile(ordered: list[float], pct: float) -> float:

@@ -1,4 +1,4 @@
-"""What failover and Anthropic-to-OpenAI translation cost: each beside plain passthrough, in one outerloop."""
+"""What failover and translation (Anthropic or Responses in, chat out) cost, each beside plain passthrough, in one outerloop."""
 
 from __future__ import annotations
 
@@ -60,6 +60,20 @@ class MessagesTarget(Target):
 
     def headers(self) -> dict[str, str]:
         return {"Content-Type": "application/json", "anthropic-version": "2023-06-01"}
+
+
+@dataclass(frozen=True)
+class ResponsesTarget(Target):
+    """The same prompt as an OpenAI Responses API request."""
+
+    path: str = "/v1/responses"
+    stream_end: bytes = b"event: response.completed"
+
+    def body(self, stream: bool) -> bytes:
+        payload: dict[str, Any] = {"model": self.model, "max_output_tokens": 64, "input": PROMPT}
+        if stream:
+            payload["stream"] = True
+        return json.dumps(payload).encode()
 
 
 def config(port: int, upstream: int) -> dict[str, Any]:
@@ -177,7 +191,8 @@ def run(args: argparse.Namespace) -> Results:
                 (f"`up/{FAILING}` then `up/m`, 200, 2 attempts", failover),
             ]
             second = [upstream, Target("outerloop, chat passthrough", port, "up/m", service=proxy),
-                      MessagesTarget("outerloop, messages to chat", port, "up/m", service=proxy)]
+                      MessagesTarget("outerloop, messages to chat", port, "up/m", service=proxy),
+                      ResponsesTarget("outerloop, responses to chat", port, "up/m", service=proxy)]
             c1_cells: dict[str, list[Cell]] = {target.name: [] for _, target in first}
             rows: dict[str, list[Row]] = {target.name: [] for target in second}
             for n in range(rounds):
@@ -222,24 +237,25 @@ def report(results: Results, started: float) -> str:
         f"- passthrough over direct: {passthrough - direct:+.2f} ms; failover over passthrough: "
         f"{failover - passthrough:+.2f} ms",
         "",
-        "Translation: POST /v1/messages (Anthropic in, OpenAI out to the same upstream) beside POST "
-        "/v1/chat/completions passthrough, the same prompt",
+        "Translation: POST /v1/messages (Anthropic in, OpenAI out to the same upstream) and POST /v1/responses "
+        "(Responses in, chat completions out) beside POST /v1/chat/completions passthrough, the same prompt",
         "",
         *table(results.translation),
         "",
     ]
     by_name = {row.name: row for row in results.translation}
-    up, chat, msgs = (by_name["upstream direct"], by_name["outerloop, chat passthrough"],
-                      by_name["outerloop, messages to chat"])
-    for kind, label in (("plain", "p50"), ("stream", "TTFB p50")):
-        key = f"{kind} c=1"
-        added_chat = chat.cells[key].p50_ms - up.cells[key].p50_ms
-        added_msgs = msgs.cells[key].p50_ms - up.cells[key].p50_ms
-        ratio = added_msgs / added_chat if added_chat > 0 else float("nan")
-        rps = msgs.cells[f"{kind} c=32"].rps / max(chat.cells[f"{kind} c=32"].rps, 1e-9)
-        lines.append(f"- {kind}: added {label} over direct at c=1: passthrough {added_chat:+.2f} ms, translation "
-                     f"{added_msgs:+.2f} ms, ratio {ratio:.2f}x (target: at most 1.5x); c=32 req/s translation / "
-                     f"passthrough {rps:.0%}")
+    up, chat = by_name["upstream direct"], by_name["outerloop, chat passthrough"]
+    for name, what in (("outerloop, messages to chat", "messages"), ("outerloop, responses to chat", "responses")):
+        translated = by_name[name]
+        for kind, label in (("plain", "p50"), ("stream", "TTFB p50")):
+            key = f"{kind} c=1"
+            added_chat = chat.cells[key].p50_ms - up.cells[key].p50_ms
+            added = translated.cells[key].p50_ms - up.cells[key].p50_ms
+            ratio = added / added_chat if added_chat > 0 else float("nan")
+            rps = translated.cells[f"{kind} c=32"].rps / max(chat.cells[f"{kind} c=32"].rps, 1e-9)
+            lines.append(f"- {what} {kind}: added {label} over direct at c=1: passthrough {added_chat:+.2f} ms, "
+                         f"translation {added:+.2f} ms, ratio {ratio:.2f}x (target: at most 1.5x); c=32 req/s "
+                         f"translation / passthrough {rps:.0%}")
     lines += ["", f"Run took {time.monotonic() - started:.0f} s."]
     return "\n".join(lines) + "\n"
 

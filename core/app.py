@@ -22,6 +22,7 @@ from core.observe import open_access_log
 from core.plugins import Registry, build_registry
 from core.proxy import ProxyEndpoint
 from core.resolve import usable_models
+from core.responses_api.endpoint import StoredResponses
 from core.responses import send_body
 from core.runtime import Runtime
 
@@ -29,6 +30,11 @@ if TYPE_CHECKING:
     from core.hookspecs import Middleware
 
 log = logging.getLogger("outerloop")
+
+
+#: The proxy paths a non-model listener's endpoint serves (``core.hookspecs.ListenerEndpoint``).
+LISTENER_PATHS = frozenset({"/v1/chat/completions", "/chat/completions", "/v1/messages", "/v1/responses",
+                            "/responses"})
 
 
 class App:
@@ -44,6 +50,14 @@ class App:
             Route("/v1/chat/completions", ProxyEndpoint(runtime, "openai")),
             Route("/chat/completions", ProxyEndpoint(runtime, "openai")),
             Route("/v1/messages", ProxyEndpoint(runtime, "anthropic")),
+            Route("/v1/responses", ProxyEndpoint(runtime, "openai", "responses")),
+            Route("/responses", ProxyEndpoint(runtime, "openai", "responses")),
+            Route("/v1/responses/{response_id}", Authenticated(runtime, StoredResponses(runtime))),
+            Route("/v1/responses/{response_id}/input_items",
+                  Authenticated(runtime, StoredResponses(runtime, items=True))),
+            Route("/v1/embeddings", ProxyEndpoint(runtime, "openai", "embeddings")),
+            Route("/embeddings", ProxyEndpoint(runtime, "openai", "embeddings")),
+            Route("/v1/messages/count_tokens", ProxyEndpoint(runtime, "anthropic", "count_tokens")),
             Route("/v1/models", Authenticated(runtime, _get_only(self.models))),
             # Open, for load balancers: it says nothing but that this process serves. `?verbose=1` adds the
             # deployments' health (core.balancing), guarded like the other endpoints.
@@ -64,6 +78,12 @@ class App:
             await self._lifespan(receive, send)
             return
         scope["outerloop.runtime"] = self.runtime
+        if self.runtime.listener_endpoints and scope["type"] == "http" and scope["path"] in LISTENER_PATHS:
+            # An agent listener's chat and messages paths are its endpoint's; /healthz, /metrics stay shared.
+            endpoint = self.runtime.listener_endpoint(scope)
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
         await self.router(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

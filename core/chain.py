@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from core.filter import Filter, LocalReply
@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from core.target import Target
 
 log = logging.getLogger("outerloop.chain")
+
+#: Core work between the authenticating filters and the others (``Chain.on_request``).
+AfterAuth = Callable[[Flow], Awaitable[LocalReply | None]]
 
 
 def _overrides(flt: Filter, phase: str) -> bool:
@@ -43,9 +46,13 @@ class Chain:
     def inspects_body(self) -> bool:
         return bool(self._chunk)
 
-    async def on_request(self, flow: Flow) -> LocalReply | None:
+    async def on_request(self, flow: Flow, after_auth: AfterAuth | None = None) -> LocalReply | None:
+        """The request phase in order. ``after_auth`` runs once the authenticating filters did (at once on a
+        listener without them): for what the core may do only for a known caller (a stored conversation)."""
+        if after_auth is not None:
+            return await self._on_request_after_auth(flow, after_auth)
         if self.tracer is not None:
-            return await self._on_request_traced(flow, self.tracer)
+            return await self._on_request_traced(flow, self.tracer, self._request)
         for flt in self._request:
             reply = await flt.on_request(flow)
             if reply is not None:
@@ -53,8 +60,26 @@ class Chain:
                 return reply
         return None
 
-    async def _on_request_traced(self, flow: Flow, tracer: Tracer) -> LocalReply | None:
-        for flt in self._request:
+    async def _on_request_after_auth(self, flow: Flow, after_auth: AfterAuth) -> LocalReply | None:
+        last = max((i for i, f in enumerate(self._request) if f.authenticates), default=-1)
+        for filters in (self._request[:last + 1], None, self._request[last + 1:]):
+            if filters is None:
+                reply = await after_auth(flow)
+            elif self.tracer is not None:
+                reply = await self._on_request_traced(flow, self.tracer, filters)
+            else:
+                reply = None
+                for flt in filters:
+                    reply = await flt.on_request(flow)
+                    if reply is not None:
+                        break
+            if reply is not None:
+                flow.details = reply.details
+                return reply
+        return None
+
+    async def _on_request_traced(self, flow: Flow, tracer: Tracer, filters: Sequence[Filter]) -> LocalReply | None:
+        for flt in filters:
             with tracer.start_as_current_span(f"filter {flt.name}") as span:
                 span.set_attribute("outerloop.filter", flt.name)
                 reply = await flt.on_request(flow)

@@ -98,13 +98,30 @@ class FilterSpec(Section):
         return {"name": value} if isinstance(value, str) else value
 
 
+class ListenerAgent(Section):
+    """One agent an agent listener may select: which (an id of the top-level `agents:`), when, and its filters."""
+
+    id: str = Field(min_length=1)
+    description: str = Field(min_length=1, description="what the agent does, as the router reads it")
+    default: bool = Field(default=False, description="where no match, a router error or the router's budget "
+                          "exceeded go (a listener's only agent is its default)")
+    filters: list[FilterSpec] = Field(default=[], description="run around this agent's calls only, like a "
+                                      "listener's filters")
+
+
 class Listener(Section):
     name: str = Field(min_length=1)
+    #: `agent`: the listener selects agents (served by the agents plugin) instead of serving models.
+    type: Literal["model", "agent"] = "model"
     address: str = "127.0.0.1"
     port: int = Field(ge=0, le=65535)
     tls: TLS | None = None
     http2: bool = True
     filters: list[FilterSpec] = []
+    # An agent listener's router (the `routing:` section's keys, validated by the routing plugin's model) and
+    # the agents it selects among.
+    router: Any = None
+    agents: list[ListenerAgent] = []
 
 
 class InlineRoutingPreference(Section):
@@ -177,8 +194,9 @@ class ModelProvider(Section):
     default: bool = False
     passthrough_auth: bool = False
     headers: dict[str, str] = {}
-    interface: Literal["openai", "anthropic", "demo"] | None = Field(
-        default=None, description="API shape; inferred from the provider prefix when omitted"
+    interface: Literal["openai", "anthropic", "responses", "demo"] | None = Field(
+        default=None, description="API shape; inferred from the provider prefix when omitted. `responses`: the "
+        "upstream serves the OpenAI Responses API (OpenAI itself does): Responses requests pass through natively"
     )
     resource: str | None = Field(default=None, description="azure_openai: the Azure resource name "
                                  "(https://RESOURCE.openai.azure.com)")
@@ -290,6 +308,35 @@ class ModelProvider(Section):
         return problems
 
 
+class Agent(Section):
+    """Where an agent lives (top-level `agents:`): an HTTP server answering OpenAI chat completions."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="the name agent listeners select it by")
+    url: str = Field(description="its base URL: it serves POST {url}/v1/chat/completions")
+    timeouts: Timeouts = Timeouts()
+    retry_policy: RetryPolicy | None = Field(default=None, description="retries of this agent's calls; the "
+                                             "top-level retry_policy when omitted")
+    headers: dict[str, str] = Field(default={}, description="added to every request to the agent")
+    max_connections: int = Field(default=512, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return value.rstrip("/")
+
+    def provider(self) -> ModelProvider:
+        """The agent as an OpenAI-shaped model entry `agent/<id>`: dispatch calls it as it calls models."""
+        return ModelProvider(model=f"{AGENT_PROVIDER}/{self.id}", base_url=f"{self.url}/v1", interface="openai",
+                             headers=self.headers, timeouts=self.timeouts, retry_policy=self.retry_policy,
+                             max_connections=self.max_connections)
+
+
+#: The provider prefix of agents' model entries; reserved, so no model is served under it.
+AGENT_PROVIDER = "agent"
+
+
 class Limits(Section):
     max_request_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     max_buffered_response_bytes: int = Field(
@@ -347,6 +394,39 @@ class Server(Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+#: How long OpenAI keeps a stored response: 30 days.
+THIRTY_DAYS = 30 * 24 * 3600.0
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+class ResponsesConfig(Section):
+    """Where `store: true` Responses API responses live (`previous_response_id`, GET /v1/responses/{id})."""
+
+    store: str = Field(
+        default="memory",
+        description="where `store: true` responses live: `memory` (this process only) or a Redis URL "
+                    "(`redis://host:port/db`, `rediss://...`, `unix:///path.sock`) shared by every replica",
+    )
+    ttl_seconds: float = Field(default=THIRTY_DAYS, gt=0,
+                               description="a stored response expires this long after it was stored "
+                                           "(OpenAI keeps 30 days)")
+    max_entries: int = Field(default=10000, ge=1,
+                             description="memory store: most responses kept; the least recently used go first")
+    redis_timeout_seconds: float = Field(default=0.5, gt=0,
+                                         description="Redis store: connect and per-command timeout, no retries")
+    key_prefix: str = Field(default="outerloop:responses:",
+                            description="Redis store: key prefix, one key per response (`{prefix}{id}`)")
+
+    @field_validator("store")
+    @classmethod
+    def _memory_or_redis(cls, value: str) -> str:
+        if value == "memory" or value.startswith(_REDIS_SCHEMES):
+            return value
+        # The value is not echoed: a Redis URL may carry a password.
+        raise ValueError("expected `memory` or a Redis URL starting with redis://, rediss:// or unix://")
+
+
 class Config(Section):
     """The whole file. Plugins add top-level sections (routing, tracing...) via outerloop_register_config."""
 
@@ -355,6 +435,7 @@ class Config(Section):
     version: str = "v0.1"
     listeners: list[Listener] = Field(min_length=1)
     model_providers: list[ModelProvider] = []
+    agents: list[Agent] = Field(default=[], description="agents that agent listeners select among")
     model_aliases: dict[str, str] = {}
     retry_policy: RetryPolicy = Field(default=RetryPolicy(), description="the default for models without "
                                       "their own: one attempt, no fallbacks (as Envoy)")
@@ -364,6 +445,7 @@ class Config(Section):
                                                 description="when a failing deployment is ejected, and for how long")
     limits: Limits = Limits()
     server: Server = Server()
+    responses: ResponsesConfig = ResponsesConfig()
     # Plugin sections, validated by their own models; absent sections get the model's defaults.
     sections: dict[str, Any] = {}
     # Where the config came from, so late errors can name it.

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from core.config import CONFIG_DIR, Config, FilterSpec
+from core.config import AGENT_PROVIDER, CONFIG_DIR, Config, FilterSpec
 from core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -208,30 +208,60 @@ def _validate_filters(
     problems: list[str] = []
     listeners = []
     for li, listener in enumerate(config.listeners):
-        specs: list[FilterSpec] = []
-        seen: set[str] = set()
-        for fi, spec in enumerate(listener.filters):
-            where = f"{source}: listeners[{li}].filters[{fi}]"
-            entry = registry.filters.get(spec.name)
-            if entry is None:
-                known = ", ".join(sorted(registry.filters)) or "none"
-                problems.append(f"{where}.name: unknown filter {spec.name!r} (registered: {known})")
-                continue
-            if spec.name in seen:
-                problems.append(f"{where}.name: filter {spec.name!r} is listed twice on this listener")
-                continue
-            seen.add(spec.name)
-            if entry.terminal and fi != len(listener.filters) - 1:
-                problems.append(f"{where}.name: {spec.name!r} is a terminal filter and must come last")
-            settings: BaseModel | None = None
-            try:
-                settings = entry.config_model.model_validate(spec.config if spec.config is not None else {},
-                                                             context=context)
-            except ValidationError as exc:
-                problems += validation_problems(source, ("listeners", li, "filters", fi, "config"), exc)
-            specs.append(FilterSpec(name=spec.name, config=settings))
-        listeners.append(listener.model_copy(update={"filters": specs}))
+        specs = _filter_specs(listener.filters, ("listeners", li), registry, source, context, problems)
+        update: dict[str, Any] = {"filters": specs}
+        if listener.agents:
+            update["agents"] = [agent.model_copy(update={"filters": _filter_specs(
+                agent.filters, ("listeners", li, "agents", ai), registry, source, context, problems)})
+                for ai, agent in enumerate(listener.agents)]
+        if listener.router is not None:
+            update["router"] = _router(listener.router, ("listeners", li, "router"), registry, source, context,
+                                       problems)
+        listeners.append(listener.model_copy(update=update))
     return config.model_copy(update={"listeners": listeners}), problems
+
+
+def _router(raw: Any, loc: tuple[int | str, ...], registry: Registry, source: str, context: dict[str, Any],
+            problems: list[str]) -> Any:
+    """An agent listener's `router:`, validated by the model of the `routing:` section (the routing plugin's)."""
+    model = registry.config_sections.get("routing")
+    if model is None:
+        problems.append(f"{source}: {format_path(loc)}: needs the routing plugin, which is not loaded")
+        return None
+    try:
+        return model.model_validate(raw if raw is not None else {}, context=context)
+    except ValidationError as exc:
+        problems += validation_problems(source, loc, exc)
+        return raw
+
+
+def _filter_specs(filters: list[FilterSpec], loc: tuple[int | str, ...], registry: Registry, source: str,
+                  context: dict[str, Any], problems: list[str]) -> list[FilterSpec]:
+    """One `filters:` list (a listener's or an agent's), each filter's settings validated by its model."""
+    specs: list[FilterSpec] = []
+    seen: set[str] = set()
+    what = "agent" if "agents" in loc else "listener"
+    for fi, spec in enumerate(filters):
+        where = f"{source}: {format_path(loc)}.filters[{fi}]"
+        entry = registry.filters.get(spec.name)
+        if entry is None:
+            known = ", ".join(sorted(registry.filters)) or "none"
+            problems.append(f"{where}.name: unknown filter {spec.name!r} (registered: {known})")
+            continue
+        if spec.name in seen:
+            problems.append(f"{where}.name: filter {spec.name!r} is listed twice on this {what}")
+            continue
+        seen.add(spec.name)
+        if entry.terminal and fi != len(filters) - 1:
+            problems.append(f"{where}.name: {spec.name!r} is a terminal filter and must come last")
+        settings: BaseModel | None = None
+        try:
+            settings = entry.config_model.model_validate(spec.config if spec.config is not None else {},
+                                                         context=context)
+        except ValidationError as exc:
+            problems += validation_problems(source, (*loc, "filters", fi, "config"), exc)
+        specs.append(FilterSpec(name=spec.name, config=settings))
+    return specs
 
 
 def _cross_checks(config: Config, source: str) -> list[str]:
@@ -243,8 +273,12 @@ def _cross_checks(config: Config, source: str) -> list[str]:
         binds = [(other.address, other.port) for other in config.listeners[:i]]
         if listener.port and (listener.address, listener.port) in binds:
             problems.append(f"{source}: listeners[{i}].port: {listener.address}:{listener.port} is already bound")
+    problems += _agent_checks(config, source)
     models = [p.model for p in config.model_providers]
     for i, provider in enumerate(config.model_providers):
+        if provider.provider == AGENT_PROVIDER:
+            problems.append(f"{source}: model_providers[{i}].model: the provider prefix {AGENT_PROVIDER!r} is "
+                            "reserved for agents (top-level agents:)")
         first = config.model_providers[models.index(provider.model)]
         # Entries with the same model are deployments of it: what is said of the model must agree.
         for key in ("retry_policy", "load_balancing", "api"):
@@ -271,4 +305,42 @@ def _cross_checks(config: Config, source: str) -> list[str]:
             if name not in known and f"{name.partition('/')[0]}/*" not in known:
                 problems.append(f"{source}: {where}.fallback_models[{j}]: {name!r} is not a configured model "
                                 f"(expected provider/id, an id or an alias)")
+    return problems
+
+
+def _agent_checks(config: Config, source: str) -> list[str]:
+    """Agents and agent listeners agree: ids known and unique, one default, agents only where they are selected."""
+    problems = []
+    ids = [agent.id for agent in config.agents]
+    for i, agent in enumerate(config.agents):
+        if ids.index(agent.id) != i:
+            problems.append(f"{source}: agents[{i}].id: duplicate agent id {agent.id!r}")
+    for li, listener in enumerate(config.listeners):
+        where = f"{source}: listeners[{li}]"
+        if listener.type != "agent":
+            problems += [f"{where}.{key}: only an agent listener (type: agent) has {key}"
+                         for key in ("router", "agents") if getattr(listener, key)]
+            continue
+        if not listener.agents:
+            problems.append(f"{where}.agents: an agent listener needs at least one agent (expected "
+                            "a list of {id, description})")
+            continue
+        chosen = [choice.id for choice in listener.agents]
+        for ai, name in enumerate(chosen):
+            if name not in ids:
+                hint = difflib.get_close_matches(name, ids, n=1)
+                problems.append(f"{where}.agents[{ai}].id: unknown agent {name!r} (configured in agents: "
+                                f"{', '.join(ids) or 'none'})" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+            elif chosen.index(name) != ai:
+                problems.append(f"{where}.agents[{ai}].id: agent {name!r} is listed twice on this listener")
+        defaults = [ai for ai, choice in enumerate(listener.agents) if choice.default]
+        if len(defaults) > 1:
+            problems.append(f"{where}.agents[{defaults[1]}].default: only one agent can be the default "
+                            f"(agents[{defaults[0]}] is)")
+        elif not defaults and len(listener.agents) > 1:
+            problems.append(f"{where}.agents: no default agent: mark the one that takes requests the router "
+                            "cannot place with default: true")
+        if listener.router is None and len(listener.agents) > 1:
+            problems.append(f"{where}.router: needed to select among {len(listener.agents)} agents (the "
+                            "routing: section's keys, e.g. {backend: http, http: {url: ...}})")
     return problems

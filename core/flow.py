@@ -77,7 +77,7 @@ class Flow:
         model = json_body.get("model")
         #: The model the client asked for, as written ("auto" and None mean: let the router decide).
         self.model: str | None = model if isinstance(model, str) and model else None
-        self.stream = json_body.get("stream") is True
+        self.stream = json_body.get("stream") is True and self.endpoint not in NO_CONVERSATION_ENDPOINTS
         #: Upstream candidates in the order they are tried. Written by the core alone, after the
         #: ``on_request`` filters, from the intent they stated below (see ``core.resolve``).
         self.targets: list[Target] = []
@@ -144,7 +144,7 @@ class Flow:
         self._body = None
         model = self._json.get("model")
         self.model = model if isinstance(model, str) and model else None
-        self.stream = self._json.get("stream") is True
+        self.stream = self._json.get("stream") is True and self.endpoint not in NO_CONVERSATION_ENDPOINTS
 
     @property
     def body_modified(self) -> bool:
@@ -165,6 +165,9 @@ class Flow:
         return ""
 
 
+#: Endpoints without a conversation (embeddings, token counts): answered whole (a `stream` field is the
+#: upstream's to judge), neither routed nor pinned to a session: they go to the model they name.
+NO_CONVERSATION_ENDPOINTS = frozenset({"embeddings", "count_tokens"})
 #: Headers a request may carry once: with two, the proxy, its filters and the upstream could each read another.
 SINGLE_VALUE_HEADERS = frozenset({b"authorization", b"x-api-key", b"content-length"})
 

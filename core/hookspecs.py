@@ -38,13 +38,13 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from core.asgi import ASGIApp
-    from core.config import Config
+    from core.asgi import ASGIApp, Receive, Scope, Send
+    from core.config import Config, Listener
     from core.filter import Filter, FilterContext
     from core.flow import Flow
 
 __all__ = [
-    "Endpoint", "FilterFactory", "Middleware", "Observer", "RegisterConfig", "RegisterFilter", "RegisterObserver",
+    "Endpoint", "FilterFactory", "ListenerEndpoint", "Middleware", "Observer", "RegisterConfig", "RegisterFilter", "RegisterObserver",
     "RegisterRoute", "State", "hookimpl", "hookspec",
 ]
 
@@ -60,6 +60,18 @@ Endpoint: TypeAlias = "Callable[[Request], Awaitable[Response]] | ASGIApp"
 Observer: TypeAlias = "Callable[[Flow, BaseException | None], None]"
 #: Wraps the app in ASGI middleware: ``middleware(app)`` returns the wrapped app.
 Middleware: TypeAlias = "Callable[[ASGIApp], ASGIApp]"
+
+
+class ListenerEndpoint(Protocol):
+    """What serves the proxy paths (chat completions, messages) of a listener that is not a model listener."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None: ...
+
+    async def start(self) -> None:
+        """Once per worker before serving (after the listeners' chains started)."""
+
+    async def close(self) -> None:
+        """Once per worker after draining."""
 
 
 class RegisterFilter(Protocol):
@@ -151,6 +163,20 @@ def outerloop_tracer_provider(config: Config, state: State) -> TracerProvider | 
     spans for each filter phase and for the upstream call, with GenAI semantic-convention attributes.
     The first plugin returning one wins (``tryfirst`` to go ahead of the others). The built-in telemetry
     plugin returns one when ``tracing.enabled``, kept in ``state`` and shut down with it.
+    """
+
+
+@hookspec(firstresult=True)
+def outerloop_listener_endpoint(runtime: Any, listener: Listener) -> ListenerEndpoint | None:
+    """Serve a listener whose ``type`` is not ``model``: return its :class:`ListenerEndpoint`, or None when the
+    type is another plugin's.
+
+    Called once per such listener when the runtime is built; ``runtime`` is the :class:`core.runtime.Runtime`
+    (typed loosely: the runtime imports this module). The endpoint gets the listener's requests to the proxy
+    paths (``/v1/chat/completions``, ``/chat/completions``, ``/v1/messages``, ``/v1/responses``,
+    ``/responses``); the listener's own chain
+    (``runtime.chain_for(scope)``) is built and started as any listener's. The built-in agents plugin serves
+    ``type: agent``. A listener type no plugin serves is a config error.
     """
 
 

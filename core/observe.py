@@ -120,9 +120,10 @@ def end_upstream_span(span: Span, flow: Flow, error: BaseException | None) -> No
     span.end()
 
 
-def annotate_server_span(flow: Flow) -> None:
-    """Puts what filters learned (route, session, principal, flags) on the request's server span."""
-    span = trace.get_current_span()
+def annotate_server_span(flow: Flow, span: Span | None = None) -> None:
+    """Puts what filters learned (route, session, principal, flags) on the request's server span (the current
+    span unless given)."""
+    span = span if span is not None else trace.get_current_span()
     if not span.is_recording():
         return
     facts = record(flow, None)
@@ -136,10 +137,12 @@ def annotate_server_span(flow: Flow) -> None:
 
 def annotating(send: Send, flow: Flow) -> Send:
     """`send`, annotating the server span just before the last body message ends it."""
+    # The span current now, as the request arrives: by the last body message another may be (an agent's).
+    span = trace.get_current_span()
 
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.body" and not message.get("more_body", False):
-            annotate_server_span(flow)
+            annotate_server_span(flow, span)
         await send(message)
 
     return wrapped

@@ -31,6 +31,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "filters.session",
     "filters.http_filter",
     "plugins.routing",
+    "plugins.agents",
     "plugins.telemetry",
     "plugins.metrics",
 )

@@ -11,6 +11,7 @@ import httpx
 
 from core import observe
 from core.asgi import Receive, Scope, Send
+from core.responses_api import call as responses
 from core.balancing import Deployment
 from core.dispatch import dispatch
 from core.errors import RequestError
@@ -72,7 +73,10 @@ class ProxyEndpoint:
                 raise RequestError(400, f"header {repeated} is given more than once", "request.duplicate_header")
             raw = await _read_body(receive, runtime.config.limits.max_request_body_bytes,
                                    flow.headers.get("content-length"))
-            flow.set_request(raw, validate_body(parse_body(raw), flow.endpoint))
+            if flow.endpoint == "responses":
+                responses.begin(flow, parse_body(raw), runtime.responses_store)
+            else:
+                flow.set_request(raw, validate_body(parse_body(raw), flow.endpoint))
         except ClientGone:
             return
         except RequestError as exc:
@@ -104,7 +108,8 @@ class ProxyEndpoint:
         deadline: asyncio.Timeout | None = None
         served: Deployment | None = None
         try:
-            reply = await chain.on_request(flow)
+            after_auth = responses.continue_conversation if flow.conversation is not None else None
+            reply = await chain.on_request(flow, after_auth)
             # Targets set before the chain ran (an agent listener's agent) stand; else the core resolves them.
             if reply is None and not flow.targets:
                 reply = resolve_targets(flow, runtime.upstreams, chain.authenticates, runtime.balancers.fallbacks)
@@ -186,8 +191,6 @@ class ProxyEndpoint:
         """The upstream's body to the client, metered, through the filters that inspect bodies."""
         flow = exchange.flow
         cap = self.runtime.config.limits.max_buffered_response_bytes
-        rewrites = adapter.rewrites_body or chain.inspects_body or meter.strip
-        headers = _response_headers(response, flow, keep_length=not rewrites)
         if flow.stream:
             kind = response.headers.get("content-type", "").lower()
             if "json" in kind or "html" in kind:
@@ -195,11 +198,16 @@ class ProxyEndpoint:
             body = adapter.body(flow, meter.wrap(response.aiter_raw()))
         else:
             body = await _whole(flow, adapter, meter, response.aiter_raw(), cap)
+        encoder = None
+        if flow.conversation is not None:
+            body, encoder = await responses.client_stage(flow, exchange, adapter, chain.inspects_body, body)
+        rewrites = adapter.rewrites_body or chain.inspects_body or meter.strip or encoder is not None
+        headers = _response_headers(response, flow, keep_length=not rewrites)
         if chain.buffers_response:
             body = _buffered(body, cap)
         status = response.status_code
         if not chain.inspects_body:
-            await exchange.stream(status, headers, body)
+            await exchange.stream(status, headers, body if encoder is None else encoder.wrap(body))
             return
         end = False
         while not end:
@@ -209,6 +217,8 @@ class ProxyEndpoint:
             if isinstance(out, LocalReply):
                 await exchange.local_reply(out)
                 return
+            if encoder is not None:
+                out = encoder.feed(out) + (await encoder.finish() if end else b"")
             if out:
                 if not exchange.started:
                     await exchange.start(status, headers)

@@ -33,6 +33,13 @@ class Upstreams:
             target = self.targets.setdefault(provider.model, target)
             if provider.default:
                 self.default = target
+        #: Agents (top-level `agents:`) by id, as `agent/<id>` entries: deployments for dispatch and balancing,
+        #: never resolved by name, so a model listener cannot reach them.
+        self.agents: dict[str, Target] = {}
+        for agent in config.agents:
+            provider = agent.provider()
+            target = self.agents[agent.id] = Target(provider, self._pool(provider))
+            self.deployments[provider.model] = [target]
         # Bare ids resolve only where unambiguous; the full provider/id always does.
         bare: dict[str, list[Target]] = {}
         for target in self.targets.values():

@@ -22,7 +22,8 @@ log = logging.getLogger("outerloop.usage")
 
 _FINISH = re.compile(rb'"(?:finish_reason|stop_reason)"\s*:\s*"([A-Za-z_]+)"')
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
-_ENDS = (b"data: [DONE]", b"data:[DONE]", b"message_stop")
+_ENDS = (b"data: [DONE]", b"data:[DONE]", b"message_stop", b"event: response.completed",
+         b"event: response.incomplete")
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
 #: A usage object and a finish reason that is a string, in compact JSON and with a space after colons.
 _COMPACT = (b'"usage":{', b'_reason":"')
@@ -165,6 +166,10 @@ class UsageMeter:
 
     def whole(self, body: dict[str, Any]) -> None:
         """Usage and finish reason of a whole body, parsed once by the core (OpenAI- or Anthropic-shaped)."""
+        if self.flow.endpoint == "count_tokens":
+            # Its `input_tokens` is the count the client asked for, not tokens spent: no usage to record.
+            self.ended = True
+            return
         self._count(body)
         reason = body.get("stop_reason")
         choices = body.get("choices")
@@ -194,9 +199,12 @@ class UsageMeter:
         return obj
 
     def _count(self, obj: dict[str, Any]) -> None:
-        """The counts of an answer or event (``usage``, or Anthropic's ``message.usage``), merged with those
-        seen before (Anthropic reports input and output in different events); OpenAI-shaped on the flow."""
+        """The counts of an answer or event (``usage``, Anthropic's ``message.usage``, the Responses API's
+        ``response.usage``), merged with those seen before (Anthropic reports input and output in different
+        events); OpenAI-shaped on the flow."""
         message = obj.get("message")
+        if not isinstance(message, dict):
+            message = obj.get("response")
         found = False
         for usage in (obj.get("usage"), message.get("usage") if isinstance(message, dict) else None):
             if isinstance(usage, dict):

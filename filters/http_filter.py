@@ -14,7 +14,7 @@ from core.errors import RequestError
 from core.filter import Filter, FilterContext, LocalReply
 from core.flow import Flow
 from core.hookspecs import RegisterFilter, hookimpl
-from core.validation import validate_chat
+from core.validation import validate_body
 
 log = logging.getLogger("outerloop.http_filter")
 
@@ -94,7 +94,7 @@ class HttpFilter(Filter):
         if isinstance(answer, LocalReply) or answer is None:
             return answer
         try:
-            replacement = validate_chat(json.loads(answer), flow.api)
+            replacement = validate_body(json.loads(answer), flow.endpoint)
         except (ValueError, RequestError) as exc:
             return self._unavailable(flow, "request", _Unavailable(f"replacement is not a valid request: {exc}"))
         # A replacement naming another model is served by it: the core resolves targets after the filters.

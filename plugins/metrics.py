@@ -49,6 +49,9 @@ class RequestMetrics:
         self.router_fallbacks = Counter("outerloop_router_fallbacks", "Requests the router could not decide "
                                         "and sent to the requested or default model", ["reason"],
                                         registry=self.registry)
+        self.agent_selections = Counter("outerloop_agent_selections", "Agents run by agent listeners, by "
+                                        "agent, and the router's fallback when it could not decide (else empty)",
+                                        ["listener", "agent", "fallback"], registry=self.registry)
         self.router_latency = Histogram("outerloop_router_decision_seconds", "Routing decision latency",
                                         registry=self.registry,
                                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
@@ -77,6 +80,10 @@ class RequestMetrics:
             self.routes.labels(str(notes["router.route"])).inc()
         if "router.fallback" in notes:
             self.router_fallbacks.labels(str(notes["router.fallback"])).inc()
+        if "agents.selected" in notes:
+            fallback = str(notes.get("router.fallback", ""))
+            for agent in str(notes["agents.selected"]).split(","):
+                self.agent_selections.labels(flow.listener, agent, fallback).inc()
         if isinstance(notes.get("router.latency_ms"), (int, float)):
             self.router_latency.observe(notes["router.latency_ms"] / 1000)
 

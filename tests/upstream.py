@@ -8,7 +8,9 @@ Every request is recorded (headers and raw body) so tests can see what the proxy
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +19,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+
+#: What the upstream answers every embeddings input with (exact in float32), and every token count with.
+EMBEDDING = [0.5, -0.25, 0.125]
+COUNTED_TOKENS = 42
 
 
 @dataclass
@@ -45,6 +52,8 @@ class Upstream:
         return Starlette(routes=[
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/messages", self.messages, methods=["POST"]),
+            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+            Route("/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
         ])
 
@@ -100,6 +109,27 @@ class Upstream:
             raise
         finally:
             self.streams_open -= 1
+
+    async def embeddings(self, request: Request) -> Response:
+        """One vector, EMBEDDING, per input (floats, or base64 float32 as OpenAI sends them); 5 tokens."""
+        body = await self._record(request)
+        model = body.get("model", "")
+        if model.startswith("fail-"):
+            status = int(model.split("-")[1])
+            return JSONResponse({"error": {"message": f"upstream says {status}", "type": "upstream_test",
+                                           "param": None, "code": f"test_{status}"}}, status_code=status)
+        given = body.get("input")
+        count = len(given) if isinstance(given, list) and not all(isinstance(i, int) for i in given) else 1
+        vector: Any = EMBEDDING
+        if body.get("encoding_format") == "base64":
+            vector = base64.b64encode(struct.pack(f"<{len(EMBEDDING)}f", *EMBEDDING)).decode()
+        return JSONResponse({"object": "list", "model": model,
+                             "data": [{"object": "embedding", "index": i, "embedding": vector} for i in range(count)],
+                             "usage": {"prompt_tokens": 5, "total_tokens": 5}})
+
+    async def count_tokens(self, request: Request) -> Response:
+        await self._record(request)
+        return JSONResponse({"input_tokens": COUNTED_TOKENS})
 
     async def messages(self, request: Request) -> Response:
         body = await self._record(request)

@@ -8,6 +8,8 @@ import uuid
 from typing import Any
 
 ANTHROPIC_VERSION = "2023-06-01"
+#: The beta under which Anthropic takes `{"role": "system"}` entries inside `messages`.
+MID_CONVERSATION_SYSTEM_BETA = "mid-conversation-system-2026-04-07"
 # Anthropic requires max_tokens; OpenAI clients usually leave it out.
 DEFAULT_MAX_TOKENS = 4096
 
@@ -17,11 +19,23 @@ _TOOL_ID_INVALID = re.compile(r"[^a-zA-Z0-9_-]")
 
 
 class TranslationError(ValueError):
-    """Input that cannot be expressed in the other API; `field` is the JSON path of the culprit."""
+    """Input that cannot be expressed in the other API; `field` is the JSON path of the culprit, `code` the
+    request error's details code when the input is refused."""
 
-    def __init__(self, field: str, problem: str) -> None:
+    def __init__(self, field: str, problem: str, code: str = "request.untranslatable") -> None:
         super().__init__(f"{field}: {problem}")
         self.field = field
+        self.code = code
+
+
+def _unknown_role(role: object, field: str) -> TranslationError:
+    return TranslationError(f"{field}.role", f"unknown role {role!r}", "request.invalid_value")
+
+
+def _note_extras(message: dict[str, Any], field: str, carried: frozenset[str], dropped: list[str] | None) -> None:
+    """Names the fields of one message the other API has no place for (``messages[2].name``) in ``dropped``."""
+    if dropped is not None:
+        dropped += [f"{field}.{name}" for name in dropped_fields(message, carried) if message[name] not in ([], {}, "")]
 
 
 def expect_object(value: object, field: str) -> dict[str, Any]:
@@ -69,7 +83,13 @@ def tool_id(value: str) -> str:
 # OpenAI -> Anthropic requests
 
 
-def openai_to_anthropic_request(body: dict[str, Any], model_id: str) -> dict[str, Any]:
+def openai_to_anthropic_request(body: dict[str, Any], model_id: str,
+                                dropped: list[str] | None = None) -> dict[str, Any]:
+    """The Anthropic request for an OpenAI one; the message fields it leaves out are named in ``dropped``.
+
+    Leading system and developer messages become the top-level ``system``; a later one stays in place as a
+    ``{"role": "system"}`` entry (Anthropic's `MID_CONVERSATION_SYSTEM_BETA`).
+    """
     body = expect_object(body, "body")
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
@@ -78,7 +98,11 @@ def openai_to_anthropic_request(body: dict[str, Any], model_id: str) -> dict[str
         message = expect_object(message, field)
         role = message.get("role")
         if role in ("system", "developer"):
-            system += text_blocks(message.get("content"), f"{field}.content")
+            blocks = text_blocks(message.get("content"), f"{field}.content")
+            if turns:
+                _append_turn(turns, "system", blocks)
+            else:
+                system += blocks
         elif role == "user":
             _append_turn(turns, "user", _user_blocks(message.get("content"), f"{field}.content"))
         elif role == "assistant":
@@ -86,7 +110,8 @@ def openai_to_anthropic_request(body: dict[str, Any], model_id: str) -> dict[str
         elif role == "tool":
             _append_turn(turns, "user", [_tool_result_block(message, field)])
         else:
-            raise TranslationError(f"{field}.role", f"unknown role {role!r}")
+            raise _unknown_role(role, field)
+        _note_extras(message, field, _OPENAI_MESSAGE_FIELDS.get(role, _MESSAGE_FIELDS), dropped)
     for turn in turns:
         turn["content"] = _collapse(turn["content"])
 
@@ -133,6 +158,14 @@ OPENAI_FIELDS_FOR_ANTHROPIC = frozenset({
     "model", "messages", "n", "max_completion_tokens", "max_tokens", "temperature", "top_p", "stop", "stream",
     "stream_options", "user", "safety_identifier", "tools", "tool_choice", "parallel_tool_calls",
 })
+
+
+_MESSAGE_FIELDS = frozenset({"role", "content"})
+#: The fields of each OpenAI message role the Anthropic request carries (a `name` has no place there).
+_OPENAI_MESSAGE_FIELDS = {
+    "assistant": _MESSAGE_FIELDS | {"tool_calls"},
+    "tool": _MESSAGE_FIELDS | {"tool_call_id"},
+}
 
 
 def dropped_fields(body: dict[str, Any], carried: frozenset[str]) -> list[str]:
@@ -281,7 +314,12 @@ def _anthropic_tool_choice(choice: object) -> dict[str, Any] | None:
 # Anthropic -> OpenAI requests
 
 
-def anthropic_to_openai_request(body: dict[str, Any], model_id: str) -> dict[str, Any]:
+def anthropic_to_openai_request(body: dict[str, Any], model_id: str,
+                                dropped: list[str] | None = None) -> dict[str, Any]:
+    """The OpenAI request for an Anthropic one; the message fields it leaves out are named in ``dropped``.
+
+    A ``{"role": "system"}`` entry inside ``messages`` becomes a system message at the same place.
+    """
     body = expect_object(body, "body")
     messages: list[dict[str, Any]] = []
     if body.get("system") is not None:
@@ -297,8 +335,13 @@ def anthropic_to_openai_request(body: dict[str, Any], model_id: str) -> dict[str
             messages += _openai_user_messages(message.get("content"), f"{field}.content")
         elif role == "assistant":
             messages.append(_openai_assistant_message(message.get("content"), f"{field}.content"))
+        elif role == "system":
+            text = "\n".join(b["text"] for b in text_blocks(message.get("content"), f"{field}.content"))
+            if text:
+                messages.append({"role": "system", "content": text})
         else:
-            raise TranslationError(f"{field}.role", f"unknown role {role!r}")
+            raise _unknown_role(role, field)
+        _note_extras(message, field, _MESSAGE_FIELDS, dropped)
 
     out: dict[str, Any] = {"model": model_id, "messages": messages}
     if body.get("max_tokens") is not None:

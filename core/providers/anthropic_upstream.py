@@ -14,6 +14,7 @@ from core.providers import note_dropped
 from core.providers.anthropic import (
     ANTHROPIC_FIELDS_FOR_OPENAI,
     ANTHROPIC_VERSION,
+    MID_CONVERSATION_SYSTEM_BETA,
     OPENAI_FIELDS_FOR_ANTHROPIC,
     TranslationError,
     anthropic_to_openai_request,
@@ -68,10 +69,11 @@ class _TranslatingAdapter(ABC):
     carried: frozenset[str] = frozenset()
 
     @abstractmethod
-    def headers(self, flow: Flow, target: Target) -> list[tuple[str, str]]: ...
+    def headers(self, flow: Flow, target: Target, body: dict[str, Any]) -> list[tuple[str, str]]:
+        """The upstream request's headers for its translated ``body``."""
 
     @abstractmethod
-    def translate_request(self, body: dict[str, Any], model_id: str) -> dict[str, Any]: ...
+    def translate_request(self, body: dict[str, Any], model_id: str, dropped: list[str]) -> dict[str, Any]: ...
 
     @abstractmethod
     def stream_translator(self, flow: Flow, model: str) -> _StreamTranslator: ...
@@ -81,13 +83,14 @@ class _TranslatingAdapter(ABC):
         """The client's body from the upstream's."""
 
     def request(self, flow: Flow, target: Target) -> httpx.Request:
+        dropped = dropped_fields(flow.json, self.carried)
         try:
-            body = encode_json(self.translate_request(flow.json, target.model_id))
+            translated = self.translate_request(flow.json, target.model_id, dropped)
         except TranslationError as exc:
-            raise RequestError(400, str(exc), "request.untranslatable", exc.field) from None
-        note_dropped(flow, dropped_fields(flow.json, self.carried))
-        return httpx.Request("POST", target.upstream.url(self.path), headers=self.headers(flow, target),
-                             content=body)
+            raise RequestError(400, str(exc), exc.code, exc.field) from None
+        note_dropped(flow, dropped)
+        return httpx.Request("POST", target.upstream.url(self.path), headers=self.headers(flow, target, translated),
+                             content=encode_json(translated))
 
     async def body(self, flow: Flow, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         translator = self.stream_translator(flow, _model(flow))
@@ -114,8 +117,13 @@ class OpenAIClientAnthropicUpstream(_TranslatingAdapter):
 
     path = "/messages"
     carried = OPENAI_FIELDS_FOR_ANTHROPIC
-    headers = staticmethod(anthropic_headers)
     translate_request = staticmethod(openai_to_anthropic_request)
+
+    def headers(self, flow: Flow, target: Target, body: dict[str, Any]) -> list[tuple[str, str]]:
+        headers = anthropic_headers(flow, target)
+        if any(turn["role"] == "system" for turn in body["messages"]):
+            return _with_beta(headers, flow, MID_CONVERSATION_SYSTEM_BETA)
+        return headers
 
     def stream_translator(self, flow: Flow, model: str) -> _StreamTranslator:
         return AnthropicToOpenAIStream(model, flow.wants_stream_usage)
@@ -129,14 +137,28 @@ class AnthropicClientOpenAIUpstream(_TranslatingAdapter):
 
     path = "/chat/completions"
     carried = ANTHROPIC_FIELDS_FOR_OPENAI
-    headers = staticmethod(openai_headers)
     translate_request = staticmethod(anthropic_to_openai_request)
+
+    def headers(self, flow: Flow, target: Target, body: dict[str, Any]) -> list[tuple[str, str]]:
+        return openai_headers(flow, target)
 
     def stream_translator(self, flow: Flow, model: str) -> _StreamTranslator:
         return OpenAIToAnthropicStream(model)
 
     def translate_response(self, body: dict[str, Any], model: str) -> dict[str, Any]:
         return openai_to_anthropic_response(body, model)
+
+
+def _with_beta(headers: list[tuple[str, str]], flow: Flow, beta: str) -> list[tuple[str, str]]:
+    """``headers`` with one ``anthropic-beta`` naming ``beta`` after the betas the client and the provider's
+    configured headers already ask for."""
+    asked = [value for name, value in headers if name.lower() == "anthropic-beta"]
+    asked.append(flow.headers.get("anthropic-beta", ""))
+    betas: list[str] = []
+    for value in [*asked, beta]:
+        betas += [name for name in (part.strip() for part in value.split(",")) if name and name not in betas]
+    return [*((name, value) for name, value in headers if name.lower() != "anthropic-beta"),
+            ("anthropic-beta", ",".join(betas))]
 
 
 def _model(flow: Flow) -> str:
@@ -146,3 +168,8 @@ def _model(flow: Flow) -> str:
 def anthropic_passthrough() -> Passthrough:
     """Anthropic client, Anthropic upstream."""
     return Passthrough("/messages", anthropic_headers)
+
+
+def anthropic_count_tokens() -> Passthrough:
+    """Anthropic client, Anthropic upstream, token counting."""
+    return Passthrough("/messages/count_tokens", anthropic_headers)

@@ -2,12 +2,17 @@
 
 It answers chat completions, streamed or not, in the exact shapes OpenAI returns (ids, chunk objects,
 finish reasons, usage, `data: [DONE]`), so a new user sees the whole path, SDKs included, before
-pointing the proxy at a real provider. Its answer is a short echo; it is not a language model.
+pointing the proxy at a real provider. Its answer is a short echo; it is not a language model. Its
+embeddings are unit vectors from a hash of each input: the same text always gets the same vector.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import math
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,6 +24,8 @@ from core.flow import content_text, encode_json
 from core.sse import encode_event
 
 DEMO_MODELS = ("demo-echo",)
+#: The demo's embeddings have this many dimensions unless the request asks for `dimensions`.
+DEMO_DIMENSIONS = 64
 
 
 def _answer(body: dict[str, Any]) -> str:
@@ -68,19 +75,60 @@ class _Stream(httpx.AsyncByteStream):
         yield b"data: [DONE]\n\n"
 
 
+def _embedding_inputs(value: Any) -> list[tuple[bytes, int]]:
+    """Each input of an embeddings request (validated by the core) as (its bytes, its token count)."""
+    if isinstance(value, str):
+        return [(value.encode(), _tokens(value))]
+    if value and all(isinstance(item, int) for item in value):
+        return [(json.dumps(value).encode(), len(value))]
+    return [(item.encode(), _tokens(item)) if isinstance(item, str) else (json.dumps(item).encode(), len(item))
+            for item in value]
+
+
+def _vector(data: bytes, dimensions: int) -> list[float]:
+    """A unit vector that depends only on ``data``: the same text embeds the same everywhere, offline."""
+    values: list[float] = []
+    block = 0
+    while len(values) < dimensions:
+        digest = hashlib.sha256(block.to_bytes(4, "big") + data).digest()
+        values += [(byte - 127.5) / 127.5 for byte in digest]
+        block += 1
+    values = values[:dimensions]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    # Rounded through float32, as real embeddings are, so base64 and float answers hold the same numbers.
+    return [struct.unpack("<f", struct.pack("<f", v / norm))[0] for v in values]
+
+
+def _embeddings(body: dict[str, Any], model: str) -> dict[str, Any]:
+    dimensions = body.get("dimensions") or DEMO_DIMENSIONS
+    data: list[dict[str, Any]] = []
+    tokens = 0
+    for index, (text, count) in enumerate(_embedding_inputs(body.get("input"))):
+        vector = _vector(text, dimensions)
+        tokens += count
+        embedding: list[float] | str = vector
+        if body.get("encoding_format") == "base64":
+            embedding = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    return {"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
 class DemoTransport(httpx.AsyncBaseTransport):
-    """Serves /chat/completions and /models without a network."""
+    """Serves /chat/completions, /embeddings and /models without a network."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         if path.endswith("/models"):
             data = [{"id": m, "object": "model", "created": 0, "owned_by": "outerloop-demo"} for m in DEMO_MODELS]
             return _json(request, 200, {"object": "list", "data": data})
-        if not path.endswith("/chat/completions"):
+        if not path.endswith(("/chat/completions", "/embeddings")):
             return _error(request, 404, f"demo provider has no endpoint {path}", "not_found")
         body = json.loads(await request.aread())
         # Named as the proxy's /v1/models lists it: the proxy sends the bare id upstream.
         model = f"demo/{body.get('model') or DEMO_MODELS[0]}"
+        if path.endswith("/embeddings"):
+            return _json(request, 200, _embeddings(body, model))
         if body.get("stream") is True:
             return httpx.Response(
                 200, headers={"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"},

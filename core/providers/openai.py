@@ -101,3 +101,8 @@ class Passthrough:
 def openai_passthrough() -> Passthrough:
     """OpenAI client, OpenAI-shaped upstream."""
     return Passthrough("/chat/completions", openai_headers, requests_stream_usage=True)
+
+
+def openai_embeddings() -> Passthrough:
+    """OpenAI client, OpenAI-shaped upstream, embeddings."""
+    return Passthrough("/embeddings", openai_headers)

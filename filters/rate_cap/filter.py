@@ -95,7 +95,9 @@ class RateCapFilter(Filter):
         """One all-or-nothing decision over ``caps`` for ``model``; nothing is consumed when one refuses."""
         admission = flow.state.get(self.name)
         if admission is None:
-            estimate = estimate_input_tokens(flow.json) if self.counts_tokens else 0
+            # Counting tokens spends none: a count_tokens request is a request, not tokens.
+            spends = self.counts_tokens and flow.endpoint != "count_tokens"
+            estimate = estimate_input_tokens(flow.json) if spends else 0
             admission = _Admission(f"{flow.request_id}:{uuid.uuid4().hex[:12]}", estimate)
         checks = [
             Check(cap.kind, self.key_of(flow, cap, model), cap.limit, cap.window, cap.burst or cap.limit,

@@ -33,6 +33,14 @@ def estimate_input_tokens(body: dict[str, Any]) -> int:
         if body.get(extra):
             value = body[extra]
             chars += len(value) if isinstance(value, str) else len(json.dumps(value, separators=(",", ":")))
+    # An embeddings request's `input`: texts by their characters, token arrays by their length.
+    given = body.get("input")
+    tokens = 0
+    for item in [given] if isinstance(given, str) else given if isinstance(given, list) else []:
+        if isinstance(item, str):
+            chars += len(item)
+        else:
+            tokens += len(item) if isinstance(item, list) else 1
     count = len(messages) if isinstance(messages, list) else 0
-    return (-(-chars // CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * count + TOKENS_PER_REQUEST
+    return (-(-chars // CHARS_PER_TOKEN) + tokens + TOKENS_PER_MESSAGE * count + TOKENS_PER_REQUEST
             + TOKENS_PER_NON_TEXT_PART * parts)

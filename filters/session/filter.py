@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.filter import Filter, FilterContext, LocalReply
-from core.flow import Flow, content_text
+from core.flow import NO_CONVERSATION_ENDPOINTS, Flow, content_text
 from filters.session.store import MemoryPinStore, PinStore, RedisPinStore, StoreUnavailable
 
 log = logging.getLogger("outerloop.session")
@@ -76,6 +76,8 @@ class SessionFilter(Filter):
             self.store = None
 
     async def on_request(self, flow: Flow) -> LocalReply | None:
+        if flow.endpoint in NO_CONVERSATION_ENDPOINTS:
+            return None  # an embedding or a count neither follows a session's pin nor sets it
         session_id, derived = self._session_id(flow)
         if session_id is None:
             if derived is False:

@@ -15,8 +15,12 @@ from plugins.routing.config import Routing
 log = logging.getLogger("outerloop.routing")
 
 
-def build_backend(routing: Routing, routes: RouteSet) -> RouterBackend:
-    """The backend `routing` names. Raises RouterModelMissing when its files are not there."""
+def build_backend(routing: Routing, routes: RouteSet, max_routes: int = 1) -> RouterBackend:
+    """The backend `routing` names. Raises RouterModelMissing when its files are not there.
+
+    ``max_routes``: how many routes a list answer (the plano-orchestrator profile) may name, in order (an agent
+    listener's sequence); model routing uses the first.
+    """
     if routing.backend == "http":
         if routing.http is None:
             raise RouterModelMissing("routing.backend is http but routing.http is not configured")
@@ -24,7 +28,8 @@ def build_backend(routing: Routing, routes: RouteSet) -> RouterBackend:
 
         key = routing.http.access_key.get_secret_value() if routing.http.access_key else None
         return HttpRouter(routing.http.url, routing.http.model, routes, profile=routing.profile, api_key=key,
-                          timeout=routing.http.timeout, max_conversation_tokens=routing.max_conversation_tokens)
+                          timeout=routing.http.timeout, max_conversation_tokens=routing.max_conversation_tokens,
+                          max_routes=max_routes)
     if routing.backend == "embedding":
         if routing.embedding is None:
             raise RouterModelMissing("routing.backend is embedding but routing.embedding is not configured")
@@ -39,7 +44,7 @@ def build_backend(routing: Routing, routes: RouteSet) -> RouterBackend:
     from router_model.onnx_router import OnnxRouter
 
     return OnnxRouter(routing.model_path, routes, profile=routing.profile, providers=routing.execution_providers,
-                      max_conversation_tokens=routing.max_conversation_tokens)
+                      max_conversation_tokens=routing.max_conversation_tokens, max_routes=max_routes)
 
 
 def fallback_reason(exc: BaseException) -> str:
@@ -55,9 +60,10 @@ def _require_dir(path: str) -> None:
 class SharedBackend:
     """One backend per worker process, built off the event loop at startup, closed with the last user."""
 
-    def __init__(self, routing: Routing, routes: RouteSet) -> None:
+    def __init__(self, routing: Routing, routes: RouteSet, max_routes: int = 1) -> None:
         self.routing = routing
         self.routes = routes
+        self.max_routes = max_routes
         self.backend: RouterBackend | None = None
         #: Why there is no backend, when building it failed; requests then go to the default model.
         self.unavailable: str | None = None
@@ -72,7 +78,8 @@ class SharedBackend:
                 return
             try:
                 loop = asyncio.get_running_loop()
-                backend = await loop.run_in_executor(None, build_backend, self.routing, self.routes)
+                backend = await loop.run_in_executor(None, build_backend, self.routing, self.routes,
+                                                     self.max_routes)
                 started = time.perf_counter()
                 try:  # before the listener serves: the first request must not pay for cold caches
                     await loop.run_in_executor(None, backend.warm_up)

@@ -11,7 +11,7 @@ from router_model.backend import Decision
 
 from core.errors import ConfigError
 from core.filter import Filter, FilterContext, LocalReply
-from core.flow import Flow, RouteDecision
+from core.flow import NO_CONVERSATION_ENDPOINTS, Flow, RouteDecision
 from core.target import Target
 from plugins.routing.backends import SharedBackend
 from plugins.routing.config import Routing, preferences
@@ -42,6 +42,8 @@ class RouterFilter(Filter):
         await self.shared.release()
 
     async def on_request(self, flow: Flow) -> LocalReply | None:
+        if flow.endpoint in NO_CONVERSATION_ENDPOINTS:
+            return None  # nothing to route: the model named (or the default) serves it, as without a router
         decision_only = flow.path == DECISION_PATH
         started = time.perf_counter()
         decision: Decision | None = None

@@ -85,6 +85,6 @@ def test_anthropic_errors_in_anthropic_shape(upstream: tuple[Upstream, str]) -> 
         client = anthropic.Anthropic(base_url=proxy.url, api_key="sk-client", max_retries=0)
         with pytest.raises(anthropic.BadRequestError) as caught:
             client.messages.create(model="test-model", max_tokens=5,
-                                   messages=[{"role": "system", "content": "x"}])  # type: ignore[misc,list-item]
+                                   messages=[{"role": "robot", "content": "x"}])  # type: ignore[misc,list-item]
         client.close()
     assert caught.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]

@@ -576,7 +576,7 @@ def test_tool_choice_to_openai(choice: dict[str, Any], expected: object) -> None
     ("body", "field"),
     [
         ({"messages": {}}, "messages"),
-        ({"messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
         ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
         ({"messages": [{"role": "user", "content": [{"type": "audio"}]}]}, "messages[0].content[0].type"),
         (

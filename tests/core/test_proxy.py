@@ -203,7 +203,7 @@ def test_sdk_sees_its_own_exception_types(upstream: tuple[Upstream, str]) -> Non
         with pytest.raises(openai.NotFoundError) as not_found:
             client.chat.completions.create(model="gpt-9", messages=MESSAGES)  # type: ignore[arg-type]
         with pytest.raises(openai.BadRequestError):
-            client.chat.completions.create(model="test-model", messages=[{"role": "robot", "content": "x"}])  # type: ignore[list-item]
+            client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": 5}])  # type: ignore[list-item]
         with pytest.raises(openai.RateLimitError):
             client.chat.completions.create(model="fail-429", messages=MESSAGES)  # type: ignore[arg-type]
         client.close()

@@ -203,7 +203,7 @@ def test_every_core_error_code_is_dotted(upstream: tuple[Upstream, str]) -> None
             httpx.post(url, json=[1]),
             httpx.post(url, json={"model": 5, "messages": MESSAGES}),
             httpx.post(url, json={"model": "test-model"}),
-            httpx.post(url, json={"model": "test-model", "messages": [{"role": "robot", "content": "x"}]}),
+            httpx.post(url, json={"model": "test-model", "messages": [{"role": "user", "content": 5}]}),
             httpx.post(url, json={"model": "nope", "messages": MESSAGES}),
             httpx.get(url),
             httpx.post(proxy.url + "/v1/nothing", json={}),
@@ -211,5 +211,5 @@ def test_every_core_error_code_is_dotted(upstream: tuple[Upstream, str]) -> None
         ]
     codes = [a.json()["error"]["code"] for a in answers]
     assert codes == ["request.invalid_json", "request.invalid_json", "request.invalid_type",
-                     "request.missing_field", "request.invalid_value", "model.not_found",
+                     "request.missing_field", "request.invalid_type", "model.not_found",
                      "request.method_not_allowed", "request.not_found", "request.missing_field"]

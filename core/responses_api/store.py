@@ -1,0 +1,171 @@
+"""Where stored Responses API responses live: a bounded in-memory LRU, or Redis shared by every replica."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from core.config import ResponsesConfig
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """One stored response: what GET /v1/responses/{id} answers and what `previous_response_id` continues."""
+
+    id: str
+    #: The principal's name; None on a listener without auth.
+    owner: str | None
+    #: The Response object as the client got it.
+    response: dict[str, Any]
+    #: This request's input items, as GET /v1/responses/{id}/input_items lists them.
+    input_items: list[dict[str, Any]]
+    #: The whole conversation in chat-completions form, up to and including this response's output.
+    messages: list[dict[str, Any]]
+    #: The model entry that holds this id natively (a Responses upstream), else None.
+    native: str | None
+    #: Epoch seconds.
+    created_at: float
+
+
+class StoreUnavailable(Exception):
+    """The store's backend could not answer in time. The message is safe for clients; ``where`` (host and
+    error type) is for the log only."""
+
+    def __init__(self, message: str, where: str) -> None:
+        super().__init__(message)
+        self.where = where
+
+
+class ResponseStore(Protocol):
+    async def put(self, item: StoredResponse) -> None:
+        """Store (or replace) ``item`` under ``item.id`` for the configured TTL."""
+
+    async def get(self, response_id: str) -> StoredResponse | None:
+        """The stored response; None when absent, expired or evicted."""
+
+    async def delete(self, response_id: str) -> bool:
+        """Forget a response; False when there was none."""
+
+    async def close(self) -> None: ...
+
+
+def _encode(item: StoredResponse) -> str:
+    return json.dumps(asdict(item), ensure_ascii=False, separators=(",", ":"))
+
+
+def _decode(raw: str | bytes) -> StoredResponse:
+    return StoredResponse(**json.loads(raw))
+
+
+class MemoryResponseStore:
+    """Per-process responses: least recently used evicted past ``max_entries``, each expires ``ttl`` seconds
+    after it was put.
+
+    Entries are kept as JSON, like in Redis: a caller that mutates what it put or got cannot change what is
+    stored, and both backends accept and return exactly the same values.
+    """
+
+    def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def put(self, item: StoredResponse) -> None:
+        self._entries[item.id] = (_encode(item), self.clock() + self.ttl)
+        self._entries.move_to_end(item.id)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    async def get(self, response_id: str) -> StoredResponse | None:
+        entry = self._entries.get(response_id)
+        if entry is None:
+            return None
+        if entry[1] <= self.clock():
+            del self._entries[response_id]
+            return None
+        self._entries.move_to_end(response_id)
+        return _decode(entry[0])
+
+    async def delete(self, response_id: str) -> bool:
+        entry = self._entries.pop(response_id, None)
+        return entry is not None and entry[1] > self.clock()
+
+    async def close(self) -> None:
+        self._entries.clear()
+
+
+class RedisResponseStore:
+    """Responses in Redis, one JSON value per key ``{prefix}{id}`` set with a TTL, so every replica can
+    continue every conversation.
+
+    Each call is bounded by explicit socket timeouts and an overall deadline, never retried; after a failure
+    the store reports itself unavailable for ``retry_after`` seconds instead of making every request wait again.
+    """
+
+    def __init__(self, url: str, ttl: float, timeout: float, key_prefix: str, retry_after: float = 1.0) -> None:
+        import redis.asyncio as redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self.ttl_ms = max(1, int(ttl * 1000))
+        self.timeout = timeout
+        self.prefix = key_prefix
+        self.retry_after = retry_after
+        self._down_until = 0.0
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 0), health_check_interval=0, decode_responses=True,
+        )
+        kwargs = self._client.connection_pool.connection_kwargs
+        if "path" in kwargs:
+            self.where = f"redis at {kwargs['path']}"
+        else:
+            self.where = f"redis at {kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+
+    async def _call(self, command: str, *args: object) -> object:
+        import redis
+
+        if time.monotonic() < self._down_until:
+            raise StoreUnavailable("the response store is unavailable",
+                                   f"{self.where}: failed less than {self.retry_after}s ago")
+        try:
+            call = self._client.execute_command(command, *args)  # type: ignore[no-untyped-call]
+            return await asyncio.wait_for(call, self.timeout * 2)
+        except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
+            self._down_until = time.monotonic() + self.retry_after
+            raise StoreUnavailable("the response store is unavailable",
+                                   f"{self.where}: {type(exc).__name__}") from None
+
+    async def put(self, item: StoredResponse) -> None:
+        await self._call("SET", self.prefix + item.id, _encode(item), "PX", self.ttl_ms)
+
+    async def get(self, response_id: str) -> StoredResponse | None:
+        value = await self._call("GET", self.prefix + response_id)
+        if not isinstance(value, str):
+            return None
+        try:
+            return _decode(value)
+        except (ValueError, TypeError):
+            # Not a value this version wrote (another release, another tool on the prefix): as if absent.
+            return None
+
+    async def delete(self, response_id: str) -> bool:
+        return bool(await self._call("DEL", self.prefix + response_id))
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def build_store(config: ResponsesConfig) -> ResponseStore:
+    if config.store == "memory":
+        return MemoryResponseStore(config.ttl_seconds, config.max_entries)
+    return RedisResponseStore(config.store, config.ttl_seconds, config.redis_timeout_seconds, config.key_prefix)

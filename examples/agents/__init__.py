@@ -1,0 +1,1 @@
+"""Two small agents (flights, hotels) behind outerloop's agent listener, calling back through its model listener."""
