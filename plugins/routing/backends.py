@@ -7,6 +7,9 @@ import logging
 import time
 from pathlib import Path
 
+import httpx
+
+from core.transport import AiohttpTransport
 from router_model.backend import RouterBackend, RouterModelMissing
 from router_model.routes import RouteSet
 
@@ -27,8 +30,13 @@ def build_backend(routing: Routing, routes: RouteSet, max_routes: int = 1) -> Ro
         from router_model.http_backend import HttpRouter
 
         key = routing.http.access_key.get_secret_value() if routing.http.access_key else None
-        return HttpRouter(routing.http.url, routing.http.model, routes, profile=routing.profile, api_key=key,
-                          timeout=routing.http.timeout, max_conversation_tokens=routing.max_conversation_tokens,
+        # The proxy's measured transport, as for upstreams (httpx's own pool costs ~0.3 ms more per decision).
+        client = httpx.AsyncClient(
+            transport=AiohttpTransport(max_connections=64), trust_env=False,
+            headers={"authorization": f"Bearer {key}"} if key else {},
+            timeout=httpx.Timeout(routing.http.timeout, connect=min(1.0, routing.http.timeout)))
+        return HttpRouter(routing.http.url, routing.http.model, routes, profile=routing.profile,
+                          max_conversation_tokens=routing.max_conversation_tokens, client=client,
                           max_routes=max_routes)
     if routing.backend == "embedding":
         if routing.embedding is None:

@@ -191,19 +191,23 @@ def test_another_principals_response_is_a_404(scripted: tuple[ScriptedUpstream, 
             _client(proxy.url).responses.retrieve(mine.id)
 
 
+@pytest.mark.parametrize("shape", ["chat", "anthropic"])
 def test_a_conversation_continues_on_another_replica_through_redis(
-        scripted: tuple[ScriptedUpstream, str], redis_url: str) -> None:
+        scripted: tuple[ScriptedUpstream, str], redis_url: str, shape: str) -> None:
     upstream, base = scripted
     upstream.script.extend([Text("Noted: blue."), Text("Your colour is blue.")])
-    raw = _config(base, responses={"store": redis_url})
+    raw = _config(base, shape, responses={"store": redis_url})
     with proxy_process(raw) as (_, one), proxy_process(raw) as (_, two):
         with _client(one) as first_client, _client(two) as second_client:
-            first = first_client.responses.create(model="test/chat", input="My colour is blue.")
-            second = second_client.responses.create(model="test/chat", input="What is my colour?",
+            first = first_client.responses.create(model=_model(shape), input="My colour is blue.")
+            second = second_client.responses.create(model=_model(shape), input="What is my colour?",
                                                     previous_response_id=first.id)
             assert second.output_text == "Your colour is blue."
-            assert [m["content"] for m in upstream.seen[-1].json["messages"]] == [
-                "My colour is blue.", "Noted: blue.", "What is my colour?"]
+            turns = upstream.seen[-1].json["messages"]
+            texts = [turn["content"] if isinstance(turn["content"], str) else turn["content"][0]["text"]
+                     for turn in turns]
+            assert texts == ["My colour is blue.", "Noted: blue.", "What is my colour?"]
+            assert [turn["role"] for turn in turns] == ["user", "assistant", "user"]
             assert second_client.responses.retrieve(first.id).output_text == "Noted: blue."
 
 
