@@ -7,7 +7,7 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from core.config import ResponsesConfig
@@ -55,7 +55,11 @@ class ResponseStore(Protocol):
 
 
 def _encode(item: StoredResponse) -> str:
-    return json.dumps(asdict(item), ensure_ascii=False, separators=(",", ":"))
+    # Shallow: dataclasses.asdict deep-copies every nested dict first, ~0.4 ms for one response.
+    return json.dumps({name: getattr(item, name) for name in _FIELDS}, ensure_ascii=False, separators=(",", ":"))
+
+
+_FIELDS = tuple(field.name for field in fields(StoredResponse))
 
 
 def _decode(raw: str | bytes) -> StoredResponse:

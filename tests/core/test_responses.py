@@ -17,7 +17,7 @@ from core.flow import Flow
 from core.hookspecs import RegisterObserver, hookimpl
 from filters.auth import hash_key
 from tests.harness import eventually, proxy_process, run_proxy, serve_app
-from tests.scripted import Json, ScriptedUpstream, Text, ToolCalls
+from tests.scripted import Error, Json, ScriptedUpstream, Text, ToolCalls
 
 ALICE, BOB = "sk-alice-0123456789", "sk-bob-0123456789"
 AUTH = {"name": "auth", "config": {"keys": [{"name": "alice", "sha256": hash_key(ALICE)},
@@ -370,3 +370,114 @@ def test_a_chat_client_on_a_responses_only_upstream(scripted: tuple[ScriptedUpst
         assert follow.choices[0].message.content == "Warm in Rome."
         kinds = [item.get("type", "message") for item in upstream.seen[-1].json["input"]]
         assert kinds == ["message", "function_call", "function_call_output"]
+
+
+def test_rate_cap_counts_responses_by_their_usage(scripted: tuple[ScriptedUpstream, str]) -> None:
+    from filters.rate_cap.usage import estimate_input_tokens
+
+    upstream, base = scripted
+    tokens = {"name": "rate_cap", "config": {"caps": [{"tokens": 1000, "window": "1h", "key": "global"}]}}
+    with run_proxy(_config(base, filters=[tokens])) as proxy, _client(proxy.url) as client:
+        first = client.responses.create(model="test/chat", input="count me")
+        with client.responses.stream(model="test/chat", input="count me") as stream:
+            second = stream.get_final_response()
+        assert first.usage is not None and second.usage is not None
+        spent = first.usage.total_tokens + second.usage.total_tokens
+        raw = client.responses.with_raw_response.create(model="test/chat", input="count me")
+        estimate = estimate_input_tokens(upstream.seen[-1].json)
+        # The estimates of the first two were replaced by their real counts; the third's is held.
+        assert raw.headers["x-ratelimit-remaining"] == str(1000 - spent - estimate)
+    requests = {"name": "rate_cap", "config": {"caps": [{"requests": 1, "window": "1h", "key": "global"}]}}
+    with run_proxy(_config(base, filters=[requests])) as proxy, _client(proxy.url) as client:
+        client.responses.create(model="test/chat", input="one")
+        with pytest.raises(openai.RateLimitError) as caught:
+            client.responses.create(model="test/chat", input="one too many")
+        assert caught.value.code == "rate_cap.exceeded"
+    assert len(upstream.seen) == 4
+
+
+def test_session_pins_a_responses_tool_loop_to_its_model(scripted: tuple[ScriptedUpstream, str]) -> None:
+    upstream, base = scripted
+    upstream.script.extend([ToolCalls([("get_weather", '{"city": "Oslo"}')]), Text("Cold in Oslo.")])
+    raw = {"listeners": [{"name": "test", "port": 0, "filters": [{"name": "session", "config": {}}]}],
+           "model_providers": [{"model": "test/a", "base_url": base, "default": True},
+                               {"model": "test/b", "base_url": base}]}
+    with run_proxy(raw) as proxy, _client(proxy.url) as client:
+        first = client.responses.with_raw_response.create(model="test/b", input="Oslo?", tools=[WEATHER_TOOL])
+        answer = first.parse()
+        assert first.headers["x-outerloop-model"] == "test/b"
+        call = next(item for item in answer.output if item.type == "function_call")
+        second = client.responses.with_raw_response.create(
+            model="test/a", previous_response_id=answer.id, tools=[WEATHER_TOOL],
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "-3C"}])
+        # The tool result continues the session: it stays on the model that made the call.
+        assert second.headers["x-outerloop-model"] == "test/b"
+        assert second.headers["x-session-id"] == first.headers["x-session-id"]
+        assert second.parse().output_text == "Cold in Oslo."
+
+
+def test_a_failing_model_falls_back_for_responses(scripted: tuple[ScriptedUpstream, str]) -> None:
+    upstream, base = scripted
+    upstream.script.extend([Error(503, "overloaded"), Text("From the fallback."), Error(503, "overloaded"),
+                            Text("Streamed from the fallback.")])
+    raw = {"listeners": [{"name": "test", "port": 0}],
+           "model_providers": [
+               {"model": "test/main", "base_url": base, "default": True,
+                "retry_policy": {"max_attempts": 1, "on_status": [503], "fallback_models": ["anthropic/backup"]}},
+               {"model": "anthropic/backup", "base_url": base, "interface": "anthropic"}]}
+    with run_proxy(raw) as proxy, _client(proxy.url) as client:
+        answer = client.responses.with_raw_response.create(model="test/main", input="hi")
+        assert answer.parse().output_text == "From the fallback."
+        assert answer.headers["x-outerloop-model"] == "anthropic/backup"
+        assert answer.headers["x-outerloop-attempts"] == "2"
+        with client.responses.stream(model="test/main", input="hi") as stream:
+            assert stream.get_final_response().output_text == "Streamed from the fallback."
+    assert upstream.paths() == ["/v1/chat/completions", "/v1/messages"] * 2
+
+
+def test_the_router_routes_responses_by_their_conversation(scripted: tuple[ScriptedUpstream, str]) -> None:
+    from examples.agents.router import app as router_app
+
+    upstream, base = scripted
+    with serve_app(router_app) as router_port:
+        raw = {"listeners": [{"name": "test", "port": 0, "filters": ["router"]}],
+               "routing": {"backend": "http", "profile": "plano-orchestrator", "budget_ms": 2000,
+                           "http": {"url": f"http://127.0.0.1:{router_port}/v1"}},
+               "routing_preferences": [
+                   {"name": "flights", "description": "flights and plane tickets", "models": ["test/fly"]},
+                   {"name": "hotels", "description": "hotels and rooms", "models": ["test/stay"]}],
+               "model_providers": [{"model": "test/fly", "base_url": base, "default": True},
+                                   {"model": "test/stay", "base_url": base}]}
+        with run_proxy(raw) as proxy, _client(proxy.url) as client:
+            answer = client.responses.with_raw_response.create(model="auto", input="A hotel room in Paris, please")
+            assert answer.headers["x-outerloop-route"] == "hotels"
+            assert answer.headers["x-outerloop-model"] == "test/stay"
+
+
+@pytest.mark.parametrize("fault", ["reset-stream", "bad-data", "html-503", "bad-json", "openai-400"])
+def test_a_failing_upstream_reaches_a_responses_client_in_its_shape(fault: str) -> None:
+    from tests.faults import serve_faults
+
+    with serve_faults() as faults, run_proxy(_config(faults.url)) as proxy, _client(proxy.url) as client:
+        faults.queued[:] = [fault]
+        if fault == "reset-stream":
+            kinds: list[str] = []
+            with client.responses.stream(model="test/chat", input="hi") as stream:
+                for event in stream:
+                    kinds.append(event.type)
+                    if event.type == "response.failed":
+                        assert event.response.status == "failed" and event.response.error is not None
+            # Once the stream began, its end is the API's failure events, numbered in sequence.
+            assert kinds[0] == "response.created" and kinds[-2:] == ["error", "response.failed"], kinds
+            return
+        with pytest.raises(openai.APIStatusError) as caught:
+            if fault == "bad-data":
+                with client.responses.stream(model="test/chat", input="hi") as stream:
+                    list(stream)
+            else:
+                client.responses.create(model="test/chat", input="hi")
+        expected = {"bad-data": 502, "html-503": 503, "bad-json": 502, "openai-400": 400}[fault]
+        assert caught.value.status_code == expected
+        body: Any = caught.value.body
+        assert isinstance(body, dict) and str(body.get("code", "")).startswith("upstream."), body
+        assert "127.0.0.1" not in json.dumps(body)
