@@ -159,3 +159,28 @@ def test_random_bodies_never_get_a_5xx(proxy: Proxy, api: str, raw: bytes) -> No
     assert response.status_code < 500, (response.status_code, response.text)
     if response.status_code >= 400:
         assert_error_shape(api, response)
+
+
+ITEM = st.fixed_dictionaries({}, optional={
+    "type": st.sampled_from(["message", "function_call", "function_call_output", "reasoning", "item_reference",
+                             "web_search_call", "mystery"]) | JSON,
+    "role": st.sampled_from(["user", "assistant", "system", "developer"]) | JSON, "content": JSON,
+    "call_id": JSON, "name": JSON, "arguments": JSON, "output": JSON, "id": JSON})
+RESPONSES = st.fixed_dictionaries({"input": st.lists(ITEM, min_size=0, max_size=3) | JSON}, optional={
+    k: JSON for k in ("model", "instructions", "tools", "tool_choice", "parallel_tool_calls", "max_output_tokens",
+                      "temperature", "top_p", "metadata", "text", "reasoning", "store", "stream",
+                      "previous_response_id", "include", "truncation")})
+OTHER_ENDPOINTS = {"/v1/responses": "openai", "/v1/embeddings": "openai", "/v1/messages/count_tokens": "anthropic"}
+
+
+@settings(max_examples=150)
+@given(path=st.sampled_from(list(OTHER_ENDPOINTS)),
+       raw=RESPONSES.map(_encode) | CHAT.map(_encode) | JSON.map(_encode) | st.binary(max_size=80))
+def test_random_bodies_on_responses_embeddings_and_count_tokens_never_get_a_5xx(
+        proxy: Proxy, path: str, raw: bytes) -> None:
+    with httpx.Client(base_url=proxy.url, headers=HEADERS, timeout=10) as client:
+        response = client.post(path, content=raw)
+        response.read()
+    assert response.status_code < 500, (response.status_code, response.text)
+    if response.status_code >= 400:
+        assert_error_shape(OTHER_ENDPOINTS[path], response)
