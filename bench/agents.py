@@ -29,12 +29,11 @@ from overhead import (
     _ms,
     _stream_cell,
     check,
-    ensure_wrk,
     free_port,
     machine,
+    main_in_rounds,
     percentile,
     run_async,
-    run_reported,
     run_wrk,
     start_upstream,
     wait_ready,
@@ -209,7 +208,7 @@ DIRECT, MODEL, SINGLE, AGENT, DECISION = (
 
 
 def run(args: argparse.Namespace) -> Results:
-    seconds, rounds = (1, 1) if args.quick else (args.duration, args.rounds)
+    seconds, rounds = args.duration, args.rounds
     rows = {name: Row(name) for name in (DIRECT, MODEL, SINGLE, AGENT, DECISION)}
     with tempfile.TemporaryDirectory(prefix="outerloop-bench-") as tmp:
         workdir = Path(tmp)
@@ -295,15 +294,7 @@ def report(results: Results, started: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--duration", type=int, default=2, help="seconds per cell and round (default 2)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds, the targets taking turns (default 2)")
-    parser.add_argument("--quick", action="store_true", help="one round, 1 s per cell, for a smoke run")
-    parser.add_argument("--out", type=Path, help="also write the markdown report to this file")
-    args = parser.parse_args(argv)
-    ensure_wrk()
-    started = time.monotonic()
-    return run_reported(lambda: report(run(args), started), args.out)
+    return main_in_rounds(argv, __doc__ or "", rounds=2, quick_seconds=1, run=run, report=report)
 
 
 if __name__ == "__main__":

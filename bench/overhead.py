@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from upstream_app import CHUNKS
@@ -671,6 +671,28 @@ def run_reported(make_report: Callable[[], str], out: Path | None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
     return 0
+
+
+R = TypeVar("R")
+
+
+def main_in_rounds(argv: Sequence[str] | None, description: str, rounds: int, quick_seconds: int,
+                   run: Callable[[argparse.Namespace], R], report: Callable[[R, float], str]) -> int:
+    """The command line of a benchmark whose targets take turns, round after round: `--quick` is one round of
+    `quick_seconds` per cell; `run` reads `args.duration` and `args.rounds`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--duration", type=int, default=2, help="seconds per cell and round (default 2)")
+    parser.add_argument("--rounds", type=int, default=rounds,
+                        help=f"rounds, the targets taking turns (default {rounds})")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"one round, {quick_seconds} s per cell, for a smoke run")
+    parser.add_argument("--out", type=Path, help="also write the markdown report to this file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.rounds = quick_seconds, 1
+    ensure_wrk()
+    started = time.monotonic()
+    return run_reported(lambda: report(run(args), started), args.out)
 
 
 def run(args: argparse.Namespace) -> str:

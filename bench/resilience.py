@@ -27,10 +27,9 @@ from overhead import (
     Services,
     Target,
     _ms,
-    ensure_wrk,
-    run_reported,
     free_port,
     machine,
+    main_in_rounds,
     measure,
     run_wrk,
     start_upstream,
@@ -164,7 +163,7 @@ class Results:
 
 
 def run(args: argparse.Namespace) -> Results:
-    seconds, warmup, rounds = (2, 1, 1) if args.quick else (args.duration, 1, args.rounds)
+    seconds, warmup, rounds = args.duration, 1, args.rounds
     with tempfile.TemporaryDirectory(prefix="outerloop-bench-") as tmp:
         workdir = Path(tmp)
         services = Services(workdir)
@@ -261,15 +260,7 @@ def report(results: Results, started: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--duration", type=int, default=2, help="seconds per cell and round (default 2)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds, the targets taking turns (default 3)")
-    parser.add_argument("--quick", action="store_true", help="one round, 2 s per cell, for a smoke run")
-    parser.add_argument("--out", type=Path, help="also write the markdown report to this file")
-    args = parser.parse_args(argv)
-    ensure_wrk()
-    started = time.monotonic()
-    return run_reported(lambda: report(run(args), started), args.out)
+    return main_in_rounds(argv, __doc__ or "", rounds=3, quick_seconds=2, run=run, report=report)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -50,6 +50,35 @@ def tiny_onnx_dir(tiny_hf_dir: Path) -> Path:
     return export(tiny_hf_dir, tiny_hf_dir.parent / "onnx", check=True)
 
 
+def export_tiny_encoder(directory: Path, corpus: list[str], vocab_size: int, layers: int) -> Path:
+    """A tiny random BERT sentence encoder, its WordPiece tokenizer trained on ``corpus``, exported by optimum
+    (feature-extraction) into ``directory``/onnx; that folder."""
+    import shutil
+    import warnings
+
+    import torch
+    from optimum.exporters.onnx import main_export
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertModel
+
+    tok = BertWordPieceTokenizer(lowercase=True)
+    tok.train_from_iterator(corpus * 3, vocab_size=vocab_size,
+                            special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    hf = directory / "hf"
+    hf.mkdir()
+    tok.save(str(hf / "tokenizer.json"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=64)
+    BertModel(config).eval().save_pretrained(hf)
+    out = directory / "onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main_export(str(hf), output=out, task="feature-extraction", do_validation=False, local_files_only=True)
+    shutil.copy2(hf / "tokenizer.json", out / "tokenizer.json")
+    return out
+
+
 
 def proxy_config(base_url: str, filters: list[Any] | None = None, **extra: Any) -> dict[str, Any]:
     """A one-listener config whose default model is `test/test-model` on the local upstream."""

@@ -19,10 +19,15 @@ from typing import Any
 import yaml
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from core.app import build_app
 from core.config import Config
 from core.config_loader import load_config
+from core.flow import Flow
+from core.hookspecs import RegisterObserver, hookimpl
 from core.plugins import Registry, build_registry
 from core.server import serve_listeners
 
@@ -36,6 +41,35 @@ def eventually(check: Any, timeout: float = 5.0) -> Any:
         if result or time.monotonic() > deadline:
             return result
         time.sleep(0.01)
+
+
+class FlowRecorder:
+    """A plugin keeping every finished request's flow, as the metrics observer sees it."""
+
+    def __init__(self) -> None:
+        self.flows: list[Flow] = []
+
+    @hookimpl
+    def outerloop_register_observers(self, register: RegisterObserver) -> None:
+        register(lambda flow, error: self.flows.append(flow))
+
+    def wait(self, count: int) -> list[Flow]:
+        """The flows, once ``count`` requests have finished."""
+        assert eventually(lambda: len(self.flows) >= count), f"{len(self.flows)} of {count} requests finished"
+        return self.flows
+
+
+class MemoryTracing:
+    """A plugin handing the core a tracer provider that keeps finished spans in ``exporter``."""
+
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.provider = TracerProvider()
+        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+
+    @hookimpl
+    def outerloop_tracer_provider(self, config: Config) -> Any:
+        return self.provider
 
 
 def open_sockets() -> int:

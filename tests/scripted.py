@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union
 
 from starlette.applications import Starlette
@@ -76,6 +76,11 @@ class _Answer:
 
     text: str
     calls: list[_Call]
+
+    @property
+    def tokens(self) -> int:
+        """What the answer costs: its text and every call's arguments."""
+        return tokens(self.text) + sum(tokens(call.arguments) for call in self.calls)
 
 
 def _id(prefix: str) -> str:
@@ -184,7 +189,7 @@ class ScriptedUpstream:
             return _openai_error(answer.status, answer.message)
         model = body.get("model", "")
         prompt = tokens([body.get("messages"), body.get("tools")])
-        completion = tokens(answer.text) + sum(tokens(call.arguments) for call in answer.calls)
+        completion = answer.tokens
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
                  "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
                  "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
@@ -213,7 +218,7 @@ class ScriptedUpstream:
             return _anthropic_error(answer.status, answer.message)
         model = body.get("model", "")
         input_tokens = _anthropic_input_tokens(body)
-        output_tokens = tokens(answer.text) + sum(tokens(call.arguments) for call in answer.calls)
+        output_tokens = answer.tokens
         stop = "tool_use" if answer.calls else "end_turn"
         blocks: list[dict[str, Any]] = []
         if answer.text or not answer.calls:
@@ -251,7 +256,7 @@ class ScriptedUpstream:
         input_items = _input_items(body.get("input"))
         output = _response_output(answer)
         input_tokens = tokens([body.get("instructions"), history, input_items, body.get("tools")])
-        output_tokens = tokens(answer.text) + sum(tokens(call.arguments) for call in answer.calls)
+        output_tokens = answer.tokens
         usage = {"input_tokens": input_tokens,
                  "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                  "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0},

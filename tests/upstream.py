@@ -70,9 +70,7 @@ class Upstream:
         body = await self._record(request)
         model = body.get("model", "")
         if model.startswith("fail-"):
-            status = int(model.split("-")[1])
-            return JSONResponse({"error": {"message": f"upstream says {status}", "type": "upstream_test",
-                                           "param": None, "code": f"test_{status}"}}, status_code=status)
+            return _failure(model)
         if model == "hang":
             await asyncio.sleep(3600)
         text = "".join(self.words)
@@ -115,9 +113,7 @@ class Upstream:
         body = await self._record(request)
         model = body.get("model", "")
         if model.startswith("fail-"):
-            status = int(model.split("-")[1])
-            return JSONResponse({"error": {"message": f"upstream says {status}", "type": "upstream_test",
-                                           "param": None, "code": f"test_{status}"}}, status_code=status)
+            return _failure(model)
         given = body.get("input")
         count = len(given) if isinstance(given, list) and not all(isinstance(i, int) for i in given) else 1
         vector: Any = EMBEDDING
@@ -165,6 +161,13 @@ class Upstream:
                                                                           "stop_sequence": None},
                                       "usage": {"output_tokens": usage["output_tokens"]}})
         yield event("message_stop", {"type": "message_stop"})
+
+
+def _failure(model: str) -> Response:
+    """The OpenAI error a `fail-<status>` model answers with."""
+    status = int(model.split("-")[1])
+    return JSONResponse({"error": {"message": f"upstream says {status}", "type": "upstream_test",
+                                   "param": None, "code": f"test_{status}"}}, status_code=status)
 
 
 def _sse(obj: dict[str, Any]) -> bytes:

@@ -56,6 +56,16 @@ def expect_string(value: object, field: str) -> str:
     return value
 
 
+def as_object(value: object) -> dict[str, Any]:
+    """Lenient where an upstream's answer is read: the object, or an empty one for anything else."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_array(value: object) -> list[Any]:
+    """Lenient where an upstream's answer is read: the array, or an empty one for anything else."""
+    return value if isinstance(value, list) else []
+
+
 def _int(value: object, field: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise TranslationError(field, f"expected a positive integer, got {value!r}")

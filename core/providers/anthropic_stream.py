@@ -8,7 +8,7 @@ from typing import Any
 
 from core.errors import anthropic_error, openai_error
 from core.sse import SSEDecoder, encode_event
-from core.providers.anthropic import TranslationError, tool_id
+from core.providers.anthropic import TranslationError, as_array, as_object, tool_id
 from core.providers.anthropic_response import (
     anthropic_error_status,
     anthropic_usage,
@@ -22,7 +22,8 @@ from core.providers.anthropic_response import (
 _DONE = b"data: [DONE]\n\n"
 
 
-def _payload(data: str, event: str) -> dict[str, Any]:
+def event_payload(data: str, event: str) -> dict[str, Any]:
+    """The JSON object an SSE event carries; TranslationError for anything else."""
     try:
         payload = json.loads(data)
     except (ValueError, RecursionError):
@@ -30,14 +31,6 @@ def _payload(data: str, event: str) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise TranslationError(f"{event or 'data'} event", "data is not a JSON object")
     return payload
-
-
-def _object(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _array(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def _index(value: object) -> int:
@@ -48,22 +41,43 @@ def _text_or(value: object, default: str) -> str:
     return value if isinstance(value, str) and value else default
 
 
-class AnthropicToOpenAIStream:
-    """Anthropic Messages SSE in, OpenAI chat.completion.chunk SSE out; `usage` is OpenAI-shaped."""
+class ChatChunkStream:
+    """A translator whose output is chat.completion.chunk SSE: every chunk carries one id, creation time and
+    model; an error chunk, then [DONE], ends a stream that broke. Subclasses turn each event into chunks in
+    ``_event``; `usage` is OpenAI-shaped."""
 
-    def __init__(self, model: str, include_usage: bool) -> None:
+    def __init__(self, model: str, include_usage: bool, chunk_id: str) -> None:
         self.model = model
         self.include_usage = include_usage
         self.usage: dict[str, Any] | None = None
         self._decoder = SSEDecoder()
-        self._id = chat_completion_id(None)
+        self._id = chunk_id
         self._created = int(time.time())
-        self._anthropic_usage: dict[str, Any] = {}
-        self._tool_calls: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_calls index
         self._done = False
 
     def feed(self, data: bytes) -> bytes:
         return b"".join(self._event(event, data) for event, data in self._decoder.feed(data))
+
+    def _event(self, event: str, data: str) -> bytes:
+        raise NotImplementedError
+
+    def _frame(self, fields: dict[str, Any]) -> bytes:
+        chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self.model}
+        return encode_event(chunk | fields)
+
+    def _error(self, status: int, message: str, code: str) -> bytes:
+        # The openai SDK raises APIError on a chunk whose body is {"error": ...}.
+        self._done = True
+        return encode_event(openai_error(status, message, code)) + _DONE
+
+
+class AnthropicToOpenAIStream(ChatChunkStream):
+    """Anthropic Messages SSE in, OpenAI chat.completion.chunk SSE out."""
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        super().__init__(model, include_usage, chat_completion_id(None))
+        self._anthropic_usage: dict[str, Any] = {}
+        self._tool_calls: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_calls index
 
     def close(self) -> bytes:
         out = b"".join(self._event(event, data) for event, data in self._decoder.close())
@@ -74,15 +88,15 @@ class AnthropicToOpenAIStream:
     def _event(self, event: str, data: str) -> bytes:
         if self._done or event == "ping":
             return b""
-        payload = _payload(data, event)
+        payload = event_payload(data, event)
         kind = payload.get("type", event)
         if kind == "message_start":
-            message = _object(payload.get("message"))
+            message = as_object(payload.get("message"))
             self._id = chat_completion_id(message.get("id"))
             self._count(message.get("usage"))
             return self._chunk({"role": "assistant", "content": ""})
         if kind == "content_block_start":
-            block = _object(payload.get("content_block"))
+            block = as_object(payload.get("content_block"))
             if block.get("type") == "text" and block.get("text"):
                 return self._chunk({"content": block["text"]})
             if block.get("type") == "tool_use":
@@ -92,7 +106,7 @@ class AnthropicToOpenAIStream:
                 return self._chunk({"tool_calls": [opened]})
             return b""  # thinking and server-tool blocks have no Chat Completions counterpart
         if kind == "content_block_delta":
-            delta = _object(payload.get("delta"))
+            delta = as_object(payload.get("delta"))
             if delta.get("type") == "text_delta" and delta.get("text"):
                 return self._chunk({"content": delta["text"]})
             call = self._tool_calls.get(_index(payload.get("index")))
@@ -101,14 +115,14 @@ class AnthropicToOpenAIStream:
             return b""
         if kind == "message_delta":
             self._count(payload.get("usage"))
-            return self._chunk({}, finish_reason(_object(payload.get("delta")).get("stop_reason")))
+            return self._chunk({}, finish_reason(as_object(payload.get("delta")).get("stop_reason")))
         if kind == "message_stop":
             self._done = True
             if self.include_usage:
                 return self._frame({"choices": [], "usage": self.usage or openai_usage(None)}) + _DONE
             return _DONE
         if kind == "error":
-            error = _object(payload.get("error"))
+            error = as_object(payload.get("error"))
             error_type = _text_or(error.get("type"), "api_error")
             text = _text_or(error.get("message"), "upstream error")
             return self._error(anthropic_error_status(error_type), text, f"upstream.{error_type}")
@@ -116,21 +130,12 @@ class AnthropicToOpenAIStream:
 
     def _count(self, usage: object) -> None:
         # message_delta counts are cumulative and omit what did not change, so merge over message_start's.
-        self._anthropic_usage.update({k: v for k, v in _object(usage).items() if v is not None})
+        self._anthropic_usage.update({k: v for k, v in as_object(usage).items() if v is not None})
         self.usage = openai_usage(self._anthropic_usage)
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return self._frame({"choices": [choice], **({"usage": None} if self.include_usage else {})})
-
-    def _frame(self, fields: dict[str, Any]) -> bytes:
-        chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self.model}
-        return encode_event(chunk | fields)
-
-    def _error(self, status: int, message: str, code: str) -> bytes:
-        # The openai SDK raises APIError on a chunk whose body is {"error": ...}.
-        self._done = True
-        return encode_event(openai_error(status, message, code)) + _DONE
 
 
 class OpenAIToAnthropicStream:
@@ -163,25 +168,25 @@ class OpenAIToAnthropicStream:
             return b""
         if data.strip() == "[DONE]":
             return self._finish()
-        payload = _payload(data, event)
+        payload = event_payload(data, event)
         if payload.get("error") is not None:
-            error = _object(payload["error"])
+            error = as_object(payload["error"])
             code = "upstream." + str(error.get("code") or error.get("type") or "error")
             message = _text_or(error.get("message"), "upstream error")
             return self._error(anthropic_error_status(error.get("type")), message, code)
         out = b"" if self._started else self._start(payload.get("id"))
         if isinstance(payload.get("usage"), dict):
             self.usage = payload["usage"]
-        for choice in _array(payload.get("choices")):
-            choice = _object(choice)
+        for choice in as_array(payload.get("choices")):
+            choice = as_object(choice)
             if choice.get("index", 0) != 0:
                 continue  # Anthropic has one choice; n > 1 was refused when the request was translated
-            delta = _object(choice.get("delta"))
+            delta = as_object(choice.get("delta"))
             for key in ("content", "refusal"):
                 if isinstance(delta.get(key), str) and delta[key]:
                     out += self._text(delta[key])
-            for call in _array(delta.get("tool_calls")):
-                out += self._tool_call(_object(call))
+            for call in as_array(delta.get("tool_calls")):
+                out += self._tool_call(as_object(call))
             finish = choice.get("finish_reason")
             if finish:
                 self._finish_reason = finish if isinstance(finish, str) else "stop"
@@ -229,7 +234,7 @@ class OpenAIToAnthropicStream:
         if not isinstance(index, int):
             # A few servers omit the index: a new id starts a new call, no id continues the open one.
             index = self._open if isinstance(self._open, int) and not call.get("id") else len(self._tool_calls)
-        function = _object(call.get("function"))
+        function = as_object(call.get("function"))
         out = b""
         if index not in self._tool_calls:
             self._tool_calls[index] = self._blocks

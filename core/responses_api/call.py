@@ -28,7 +28,7 @@ from core.responses_api.response import chat_to_response, response_items, respon
 from core.responses_api.store import ResponseStore, StoredResponse, StoreUnavailable
 from core.responses_api.validation import validate_responses
 from core.responses_api.stream import ChatToResponsesStream, ResponsesToChatStream
-from core.sse import EventSplitter, parse_event
+from core.sse import SSEDecoder, encode_event
 from core.upstream_errors import invalid_response
 
 if TYPE_CHECKING:
@@ -205,12 +205,9 @@ _FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "respons
 async def _tapped(flow: Flow, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """A native stream as it is, its final Response kept and stored before the event carrying it goes on."""
     call: ResponsesCall = flow.conversation
-    events = EventSplitter()
+    events = SSEDecoder()
     async for chunk in chunks:
-        for event in events.feed(chunk):
-            _, data = parse_event(event)
-            if data is None:
-                continue
+        for _, data in events.feed(chunk):
             if '"response.' not in data:
                 call.events += 1
                 continue
@@ -230,7 +227,7 @@ async def _tapped(flow: Flow, chunks: AsyncIterator[bytes]) -> AsyncIterator[byt
 def native_error_event(call: ResponsesCall, status: int, message: str, details: str) -> bytes:
     """The Responses API's error event ending a native stream that broke (numbered after those passed on)."""
     event = {"type": "error", "code": details, "message": message, "param": None, "sequence_number": call.events}
-    return b"event: error\ndata: " + encode_json(event) + b"\n\n"
+    return encode_event(event, "error")
 
 
 def _finish_reason(flow: Flow, response: dict[str, Any]) -> None:

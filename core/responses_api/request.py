@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.flow import content_text
-from core.providers.anthropic import TranslationError, expect_array, expect_object, expect_string
+from core.providers.anthropic import TranslationError, as_object, expect_array, expect_object, expect_string
 from core.responses_api.response import new_id
 from core.responses_api.validation import item_type
 
@@ -367,12 +367,8 @@ def _responses_tool_choice(choice: object) -> str | dict[str, Any]:
         return {"type": "function", "name": expect_string(function.get("name"), "tool_choice.function.name")}
     if choice.get("type") == "allowed_tools":
         allowed = expect_object(choice.get("allowed_tools"), "tool_choice.allowed_tools")
-        tools = [{"type": "function", "name": _object(tool.get("function")).get("name")}
+        tools = [{"type": "function", "name": as_object(tool.get("function")).get("name")}
                  for tool in expect_array(allowed.get("tools"), "tool_choice.allowed_tools.tools")
                  if isinstance(tool, dict)]
         return {"type": "allowed_tools", "mode": allowed.get("mode", "auto"), "tools": tools}
     raise TranslationError("tool_choice.type", f"tool_choice type {choice.get('type')!r} has no Responses form")
-
-
-def _object(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}

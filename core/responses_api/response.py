@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any
 
-from core.providers.anthropic import TranslationError
+from core.providers.anthropic import TranslationError, as_array, as_object
 
 # finish_reason -> the Response status and incomplete_details reason
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -17,14 +17,6 @@ _ERROR_CODES = {429: "rate_limit_exceeded", 400: "invalid_prompt"}
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
-
-
-def _object(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _array(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def _count(value: object) -> int:
@@ -54,12 +46,12 @@ def envelope(request: dict[str, Any], response_id: str, created_at: int, model: 
         "parallel_tool_calls": request.get("parallel_tool_calls", True) is not False,
         "previous_response_id": request.get("previous_response_id"),
         "prompt_cache_key": request.get("prompt_cache_key"),
-        "reasoning": {"effort": None, "summary": None, **_object(request.get("reasoning"))},
+        "reasoning": {"effort": None, "summary": None, **as_object(request.get("reasoning"))},
         "safety_identifier": request.get("safety_identifier"),
         "service_tier": request.get("service_tier") or "default",
         "store": request.get("store", True) is not False,
         "temperature": request.get("temperature", 1.0),
-        "text": {"format": {"type": "text"}, **_object(request.get("text"))},
+        "text": {"format": {"type": "text"}, **as_object(request.get("text"))},
         "tool_choice": request.get("tool_choice") or "auto",
         "tools": request.get("tools") or [],
         "top_p": request.get("top_p", 1.0),
@@ -98,12 +90,12 @@ def responses_usage(usage: dict[str, Any]) -> dict[str, Any]:
     return {
         "input_tokens": prompt,
         "input_tokens_details": {
-            "cached_tokens": _count(_object(usage.get("prompt_tokens_details")).get("cached_tokens")),
+            "cached_tokens": _count(as_object(usage.get("prompt_tokens_details")).get("cached_tokens")),
             "cache_write_tokens": 0,
         },
         "output_tokens": completion,
         "output_tokens_details": {
-            "reasoning_tokens": _count(_object(usage.get("completion_tokens_details")).get("reasoning_tokens")),
+            "reasoning_tokens": _count(as_object(usage.get("completion_tokens_details")).get("reasoning_tokens")),
         },
         "total_tokens": _count(usage.get("total_tokens")) or prompt + completion,
     }
@@ -111,17 +103,17 @@ def responses_usage(usage: dict[str, Any]) -> dict[str, Any]:
 
 def chat_usage(usage: object) -> dict[str, Any]:
     """Responses usage as Chat Completions reports it."""
-    usage = _object(usage)
+    usage = as_object(usage)
     prompt, completion = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": _count(usage.get("total_tokens")) or prompt + completion,
         "prompt_tokens_details": {
-            "cached_tokens": _count(_object(usage.get("input_tokens_details")).get("cached_tokens")),
+            "cached_tokens": _count(as_object(usage.get("input_tokens_details")).get("cached_tokens")),
         },
         "completion_tokens_details": {
-            "reasoning_tokens": _count(_object(usage.get("output_tokens_details")).get("reasoning_tokens")),
+            "reasoning_tokens": _count(as_object(usage.get("output_tokens_details")).get("reasoning_tokens")),
         },
     }
 
@@ -146,22 +138,22 @@ def chat_to_response(completion: dict[str, Any], request: dict[str, Any], respon
     """The Response for a chat completion answering the Chat Completions form of ``request``."""
     if not isinstance(completion, dict):
         raise TranslationError("body", "expected a chat completion object")
-    choice = _object(next(iter(_array(completion.get("choices"))), None))
-    message = _object(choice.get("message"))
+    choice = as_object(next(iter(as_array(completion.get("choices"))), None))
+    message = as_object(choice.get("message"))
     response = envelope(request, response_id, created_at, completion.get("model"))
     parts: list[dict[str, Any]] = []
     content = message.get("content")
     text = content if isinstance(content, str) else "".join(
-        _text(_object(part).get("text")) for part in _array(content))
+        _text(as_object(part).get("text")) for part in as_array(content))
     if text:
         parts.append(text_part(text))
     if isinstance(message.get("refusal"), str) and message["refusal"]:
         parts.append({"type": "refusal", "refusal": message["refusal"]})
     if parts:
         response["output"].append(message_item(parts))
-    for call in _array(message.get("tool_calls")):
-        call = _object(call)
-        function = _object(call.get("function"))
+    for call in as_array(message.get("tool_calls")):
+        call = as_object(call)
+        function = as_object(call.get("function"))
         response["output"].append(call_item(_text(call.get("id")) or new_id("call"), _text(function.get("name")),
                                             _text(function.get("arguments"))))
     return finished(response, choice.get("finish_reason"), completion.get("usage"))
@@ -175,11 +167,11 @@ def response_items(response: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _chat_message(response: dict[str, Any]) -> dict[str, Any]:
     text, refusal, calls = [], [], []
-    for item in _array(_object(response).get("output")):
-        item = _object(item)
+    for item in as_array(as_object(response).get("output")):
+        item = as_object(item)
         if item.get("type") == "message":
-            for part in _array(item.get("content")):
-                part = _object(part)
+            for part in as_array(item.get("content")):
+                part = as_object(part)
                 if part.get("type") == "output_text":
                     text.append(_text(part.get("text")))
                 elif part.get("type") == "refusal":
@@ -201,7 +193,7 @@ def chat_id(response_id: object) -> str:
 
 
 def chat_finish_reason(response: dict[str, Any], tool_calls: bool) -> str:
-    reason = _object(response.get("incomplete_details")).get("reason")
+    reason = as_object(response.get("incomplete_details")).get("reason")
     if response.get("status") == "incomplete" and isinstance(reason, str) and reason in _FINISH:
         return _FINISH[reason]
     return "tool_calls" if tool_calls else "stop"
@@ -212,7 +204,7 @@ def response_to_chat(response: dict[str, Any], model: str) -> dict[str, Any]:
     if not isinstance(response, dict):
         raise TranslationError("body", "expected a Response object")
     if response.get("status") == "failed":
-        error = _object(response.get("error"))
+        error = as_object(response.get("error"))
         raise TranslationError("error", _text(error.get("message")) or "the response failed")
     message = _chat_message(response)
     message.setdefault("refusal", None)

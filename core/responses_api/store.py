@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import OrderedDict
@@ -11,6 +10,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from core.config import ResponsesConfig
+from core.redis_client import RedisClient, RedisUnavailable
 
 
 @dataclass(frozen=True)
@@ -116,38 +116,15 @@ class RedisResponseStore:
     """
 
     def __init__(self, url: str, ttl: float, timeout: float, key_prefix: str, retry_after: float = 1.0) -> None:
-        import redis.asyncio as redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
         self.ttl_ms = max(1, int(ttl * 1000))
-        self.timeout = timeout
         self.prefix = key_prefix
-        self.retry_after = retry_after
-        self._down_until = 0.0
-        self._client = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False,
-            retry=Retry(NoBackoff(), 0), health_check_interval=0, decode_responses=True,
-        )
-        kwargs = self._client.connection_pool.connection_kwargs
-        if "path" in kwargs:
-            self.where = f"redis at {kwargs['path']}"
-        else:
-            self.where = f"redis at {kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+        self._redis = RedisClient(url, timeout, retry_after=retry_after)
 
     async def _call(self, command: str, *args: object) -> object:
-        import redis
-
-        if time.monotonic() < self._down_until:
-            raise StoreUnavailable("the response store is unavailable",
-                                   f"{self.where}: failed less than {self.retry_after}s ago")
         try:
-            call = self._client.execute_command(command, *args)  # type: ignore[no-untyped-call]
-            return await asyncio.wait_for(call, self.timeout * 2)
-        except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
-            self._down_until = time.monotonic() + self.retry_after
-            raise StoreUnavailable("the response store is unavailable",
-                                   f"{self.where}: {type(exc).__name__}") from None
+            return await self._redis.execute(command, *args)
+        except RedisUnavailable as exc:
+            raise StoreUnavailable("the response store is unavailable", str(exc)) from None
 
     async def put(self, item: StoredResponse) -> None:
         await self._call("SET", self.prefix + item.id, _encode(item), "PX", self.ttl_ms)
@@ -166,7 +143,7 @@ class RedisResponseStore:
         return bool(await self._call("DEL", self.prefix + response_id))
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._redis.close()
 
 
 def build_store(config: ResponsesConfig) -> ResponseStore:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import time
 from typing import Any
 
-from core.errors import openai_error
-from core.providers.anthropic import TranslationError
+from core.providers.anthropic import TranslationError, as_array, as_object
+from core.providers.anthropic_stream import ChatChunkStream, event_payload
 from core.responses_api.response import (
     call_item,
     chat_finish_reason,
@@ -20,17 +18,9 @@ from core.responses_api.response import (
     new_id,
     text_part,
 )
-from core.sse import EventSplitter, encode_event, parse_event
+from core.sse import SSEDecoder, encode_event
 
 _DONE = b"data: [DONE]\n\n"
-
-
-def _object(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _array(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def _string(value: object, default: str = "") -> str:
@@ -41,38 +31,13 @@ def _index(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _events(splitter: EventSplitter, data: bytes | None) -> list[tuple[str, str]]:
-    """(event name, data) of the events completed by ``data``; None flushes the unterminated rest."""
-    if data is None:
-        rest = splitter.close()
-        raw = [rest] if rest.strip() else []
-    else:
-        raw = splitter.feed(data)
-    out = []
-    for event in raw:
-        name, text = parse_event(event)
-        if text is not None:
-            out.append((name or "", text))
-    return out
-
-
-def _payload(data: str, event: str) -> dict[str, Any]:
-    try:
-        payload = json.loads(data)
-    except (ValueError, RecursionError):
-        raise TranslationError(f"{event or 'data'} event", "data is not JSON") from None
-    if not isinstance(payload, dict):
-        raise TranslationError(f"{event or 'data'} event", "data is not a JSON object")
-    return payload
-
-
 class ChatToResponsesStream:
     """Chat Completions chunk SSE in, Responses API event SSE out; ``response`` is the final Response."""
 
     def __init__(self, request: dict[str, Any], response_id: str, created_at: int) -> None:
         self.request = request
         self.response: dict[str, Any] | None = None
-        self._splitter = EventSplitter()
+        self._decoder = SSEDecoder()
         self._snapshot = envelope(request, response_id, created_at, request.get("model"))
         self._sequence = 0
         self._started = False
@@ -90,10 +55,10 @@ class ChatToResponsesStream:
         return self._usage if isinstance(self._usage, dict) else None
 
     def feed(self, data: bytes) -> bytes:
-        return b"".join(self._event(name, text) for name, text in _events(self._splitter, data))
+        return b"".join(self._event(name, text) for name, text in self._decoder.feed(data))
 
     def close(self) -> bytes:
-        out = b"".join(self._event(name, text) for name, text in _events(self._splitter, None))
+        out = b"".join(self._event(name, text) for name, text in self._decoder.close())
         return out if self._done else out + self._finish()
 
     def error_event(self, status: int, message: str, code: str) -> bytes:
@@ -124,26 +89,26 @@ class ChatToResponsesStream:
             return b""
         if data.strip() == "[DONE]":
             return self._finish()
-        payload = _payload(data, name)
+        payload = event_payload(data, name)
         out = self._start()
         if payload.get("error") is not None:
-            error = _object(payload["error"])
+            error = as_object(payload["error"])
             code = "upstream." + (_string(error.get("code")) or _string(error.get("type")) or "error")
             return out + self.error_event(502, _string(error.get("message")) or "upstream error", code)
         if isinstance(payload.get("model"), str) and payload["model"]:
             self._snapshot["model"] = payload["model"]
         if isinstance(payload.get("usage"), dict):
             self._usage = payload["usage"]
-        for choice in _array(payload.get("choices")):
-            choice = _object(choice)
+        for choice in as_array(payload.get("choices")):
+            choice = as_object(choice)
             if choice.get("index", 0) != 0:
                 continue  # a Response has a single output
-            delta = _object(choice.get("delta"))
+            delta = as_object(choice.get("delta"))
             for kind, key in (("output_text", "content"), ("refusal", "refusal")):
                 if isinstance(delta.get(key), str) and delta[key]:
                     out += self._text(kind, delta[key])
-            for call in _array(delta.get("tool_calls")):
-                out += self._tool_call(_object(call))
+            for call in as_array(delta.get("tool_calls")):
+                out += self._tool_call(as_object(call))
             if choice.get("finish_reason"):
                 self._finish_reason = choice["finish_reason"]
         return out
@@ -208,7 +173,7 @@ class ChatToResponsesStream:
         if index is None:
             # A few servers omit the index: a new id starts a new call, no id continues the open one.
             index = self._call if self._call is not None and not call.get("id") else len(self._calls)
-        function = _object(call.get("function"))
+        function = as_object(call.get("function"))
         out = b""
         if index not in self._calls:
             out += self._close_message("completed") + self._close_call()
@@ -250,27 +215,18 @@ class ChatToResponsesStream:
         return out + self._emit({"type": kind, "response": response})
 
 
-class ResponsesToChatStream:
+class ResponsesToChatStream(ChatChunkStream):
     """Responses API event SSE in, Chat Completions chunk SSE out (usage in a last chunk, then [DONE])."""
 
     def __init__(self, model: str, include_usage: bool = True) -> None:
-        self.model = model
-        self.include_usage = include_usage
-        self.usage: dict[str, Any] | None = None
-        self._splitter = EventSplitter()
-        self._id = chat_id(None)
-        self._created = int(time.time())
+        super().__init__(model, include_usage, chat_id(None))
         self._started = False
-        self._done = False
         self._calls: dict[int, int] = {}  # Responses output_index -> chat tool_calls index
         self._arguments: dict[int, str] = {}  # chat tool_calls index -> arguments sent
         self._texts: dict[tuple[int, int], str] = {}  # (output_index, content_index) -> text sent
 
-    def feed(self, data: bytes) -> bytes:
-        return b"".join(self._event(name, text) for name, text in _events(self._splitter, data))
-
     def close(self) -> bytes:
-        out = b"".join(self._event(name, text) for name, text in _events(self._splitter, None))
+        out = b"".join(self._event(name, text) for name, text in self._decoder.close())
         if self._done:
             return out
         return out + self._error(502, "upstream stream ended before response.completed", "upstream.stream_truncated")
@@ -278,12 +234,12 @@ class ResponsesToChatStream:
     def _event(self, name: str, data: str) -> bytes:
         if self._done or data.strip() == "[DONE]":
             return b""
-        payload = _payload(data, name)
+        payload = event_payload(data, name)
         kind = payload.get("type") or name
         out = b""
         if not self._started:
             self._started = True
-            response = _object(payload.get("response"))
+            response = as_object(payload.get("response"))
             if response.get("id"):
                 self._id = chat_id(response["id"])
             out = self._chunk({"role": "assistant", "content": ""})
@@ -303,7 +259,7 @@ class ResponsesToChatStream:
                 self._texts[key] = text
                 out += self._chunk({"content" if field == "text" else "refusal": text[len(sent):]})
         elif kind in ("response.output_item.added", "response.output_item.done"):
-            item = _object(payload.get("item"))
+            item = as_object(payload.get("item"))
             if item.get("type") == "function_call" and output_index is not None:
                 out += self._function_call(output_index, item)
         elif kind == "response.function_call_arguments.delta":
@@ -313,9 +269,9 @@ class ResponsesToChatStream:
                 self._arguments[index] += delta
                 out += self._chunk({"tool_calls": [{"index": index, "function": {"arguments": delta}}]})
         elif kind in ("response.completed", "response.incomplete"):
-            out += self._finish(_object(payload.get("response")))
+            out += self._finish(as_object(payload.get("response")))
         elif kind in ("response.failed", "error"):
-            error = _object(_object(payload.get("response")).get("error")) if kind == "response.failed" else payload
+            error = as_object(as_object(payload.get("response")).get("error")) if kind == "response.failed" else payload
             code = _string(error.get("code")) or "error"
             # Codes this proxy wrote itself (a Responses stream it translated) are already namespaced.
             code = code if code.startswith("upstream.") else f"upstream.{code}"
@@ -351,12 +307,3 @@ class ResponsesToChatStream:
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         return self._frame({"choices": [{"index": 0, "delta": delta, "logprobs": None,
                                          "finish_reason": finish_reason}]})
-
-    def _frame(self, fields: dict[str, Any]) -> bytes:
-        chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self.model}
-        return encode_event(chunk | fields)
-
-    def _error(self, status: int, message: str, code: str) -> bytes:
-        # The openai SDK raises APIError on a chunk whose body is {"error": ...}.
-        self._done = True
-        return encode_event(openai_error(status, message, code)) + _DONE

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Sequence
+from functools import partial
 
-from examples.agents.agent import DEFAULT_MODEL, DEFAULT_MODEL_URL, Agent, Message, last_user_text, serve
+from examples.agents.agent import Agent, Message, last_user_text, serve
 
 _CITY = re.compile(r"\b(?:to|for|in|into|at)\s+([A-Z][a-zA-Z]+(?:\s[A-Z][a-zA-Z]+)?)")
 _AIRLINES = ("TAP", "Lufthansa", "KLM", "Iberia", "easyJet")
@@ -32,9 +33,9 @@ async def find_flights(messages: Sequence[Message]) -> str:
     return "; ".join(options)
 
 
-def agent(model_url: str = DEFAULT_MODEL_URL, model: str = DEFAULT_MODEL) -> Agent:
-    return Agent("flights", "You are a travel agent for flights. Recommend one of the flights found, briefly.",
-                 find_flights, model_url=model_url, model=model)
+#: ``agent(model_url, model)``: the flights agent calling that model.
+agent = partial(Agent, "flights", "You are a travel agent for flights. Recommend one of the flights found, briefly.",
+                find_flights)
 
 
 if __name__ == "__main__":

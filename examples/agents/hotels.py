@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from functools import partial
 
-from examples.agents.agent import DEFAULT_MODEL, DEFAULT_MODEL_URL, Agent, Message, last_user_text, serve
+from examples.agents.agent import Agent, Message, last_user_text, serve
 from examples.agents.flights import destination
 
 _NAMES = ("Casa do Rio", "Hotel Aurora", "The Old Mill", "Pension Lumen", "Harbour Rooms")
@@ -22,9 +23,9 @@ async def find_hotels(messages: Sequence[Message]) -> str:
     return "; ".join(options)
 
 
-def agent(model_url: str = DEFAULT_MODEL_URL, model: str = DEFAULT_MODEL) -> Agent:
-    return Agent("hotels", "You are a travel agent for hotels. Recommend one of the hotels found, briefly.",
-                 find_hotels, model_url=model_url, model=model)
+#: ``agent(model_url, model)``: the hotels agent calling that model.
+agent = partial(Agent, "hotels", "You are a travel agent for hotels. Recommend one of the hotels found, briefly.",
+                find_hotels)
 
 
 if __name__ == "__main__":

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
-import redis.asyncio as redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-
+from core.redis_client import RedisClient, RedisUnavailable, describe
 from filters.rate_cap.config import RedisSettings
 from filters.rate_cap.memory import BackendUnavailable, Check, Outcome
 
@@ -121,35 +114,25 @@ class RedisBackend:
         self.settings = settings
         self.lease_ms = int(lease_seconds * 1000)
         self.prefix = settings.key_prefix
-        # Socket timeouts bound each step; this bounds a whole call (connect, one retry, the script).
-        self.deadline = settings.timeout_seconds * 4
-        self._client: redis.Redis | None = None
+        self._redis: RedisClient | None = None
         self._acquire: Any = None
         self._settle: Any = None
-        self._skip_until = 0.0
-        self._last_error = ""
 
     def describe(self) -> str:
-        """The server's address without credentials, for log lines."""
-        url = urlsplit(self.settings.url)
-        where = url.path if url.scheme == "unix" else f"{url.hostname}:{url.port or 6379}{url.path or '/0'}"
-        return f"{url.scheme}://{where}"
+        return describe(self.settings.url)
 
     async def start(self) -> None:
-        timeout = self.settings.timeout_seconds
-        pool = redis.ConnectionPool.from_url(
-            self.settings.url, socket_timeout=timeout, socket_connect_timeout=timeout,
-            max_connections=self.settings.max_connections, retry=Retry(NoBackoff(), 1),
-        )
-        self._client = redis.Redis(connection_pool=pool)
+        self._redis = RedisClient(self.settings.url, self.settings.timeout_seconds, retries=1,
+                                  retry_after=self.settings.retry_after_failure_seconds,
+                                  max_connections=self.settings.max_connections)
         # register_script runs EVALSHA and loads the script on NOSCRIPT (a restarted or new server).
-        self._acquire = self._client.register_script(ACQUIRE)
-        self._settle = self._client.register_script(SETTLE)
+        self._acquire = self._redis.client.register_script(ACQUIRE)
+        self._settle = self._redis.client.register_script(SETTLE)
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose(close_connection_pool=True)
-            self._client = None
+        if self._redis is not None:
+            await self._redis.close()
+            self._redis = None
 
     async def acquire(self, checks: Sequence[Check], lease: str) -> list[Outcome]:
         args: list[Any] = [lease, self.lease_ms]
@@ -170,18 +153,12 @@ class RedisBackend:
         await self._run(self._settle, keys, args)
 
     async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        if self._client is None:
+        if self._redis is None:
             raise BackendUnavailable("not started")
-        if time.monotonic() < self._skip_until:
-            raise BackendUnavailable(f"{self._last_error} (not retried for "
-                                     f"{self.settings.retry_after_failure_seconds:g}s)")
         try:
-            async with asyncio.timeout(self.deadline):
-                return await script(keys=keys, args=args)
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            self._skip_until = time.monotonic() + self.settings.retry_after_failure_seconds
-            raise BackendUnavailable(self._last_error) from None
+            return await self._redis.run(lambda: script(keys=keys, args=args))
+        except RedisUnavailable as exc:
+            raise BackendUnavailable(exc.reason) from None
 
 
 def _ms(seconds: float) -> str:

@@ -40,10 +40,11 @@ class Script:
 
     seen: list[Seen] = field(default_factory=list)
 
-    async def record(self, request: Request) -> dict[str, Any]:
+    async def turn(self, request: Request) -> tuple[dict[str, Any], bool]:
+        """The request's body, recorded, and whether to answer it by asking for Bash."""
         body: dict[str, Any] = json.loads(await request.body())
         self.seen.append(Seen(request.url.path, dict(request.headers), body))
-        return body
+        return body, _offers_bash(body.get("tools", [])) and not _has_tool_result(body)
 
 
 def _has_tool_result(body: dict[str, Any]) -> bool:
@@ -62,8 +63,8 @@ class AnthropicScript(Script):
         return Starlette(routes=[Route("/v1/messages", self.messages, methods=["POST"])])
 
     async def messages(self, request: Request) -> Response:
-        body = await self.record(request)
-        if _offers_bash(body.get("tools", [])) and not _has_tool_result(body):
+        body, bash = await self.turn(request)
+        if bash:
             block: dict[str, Any] = {"type": "tool_use", "id": "toolu_01", "name": "Bash", "input": {}}
             arguments = {"command": COMMAND, "description": "Print a greeting"}
             delta = {"type": "input_json_delta", "partial_json": json.dumps(arguments)}
@@ -97,8 +98,8 @@ class OpenAIScript(Script):
         return Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
 
     async def chat(self, request: Request) -> Response:
-        body = await self.record(request)
-        if _offers_bash(body.get("tools", [])) and not _has_tool_result(body):
+        body, bash = await self.turn(request)
+        if bash:
             arguments = json.dumps({"command": COMMAND, "description": "Print a greeting"})
             call = {"index": 0, "id": "call_01", "type": "function",
                     "function": {"name": "Bash", "arguments": arguments}}

@@ -10,27 +10,14 @@ import anthropic
 import httpx
 import pytest
 
-from core.flow import Flow
-from core.hookspecs import RegisterObserver, hookimpl
 from filters.auth import hash_key
 from tests.conftest import proxy_config
-from tests.harness import eventually, run_proxy
+from tests.harness import FlowRecorder, eventually, run_proxy
 from tests.upstream import COUNTED_TOKENS, Upstream
 
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 KEY = "sk-alice-0123456789"
 PATH = "/v1/messages/count_tokens"
-
-
-class Recorder:
-    """Every finished request, as the metrics observer sees it."""
-
-    def __init__(self) -> None:
-        self.flows: list[Flow] = []
-
-    @hookimpl
-    def outerloop_register_observers(self, register: RegisterObserver) -> None:
-        register(lambda flow, error: self.flows.append(flow))
 
 
 def _config(base: str, filters: list[Any] | None = None) -> dict[str, Any]:
@@ -42,18 +29,17 @@ def _config(base: str, filters: list[Any] | None = None) -> dict[str, Any]:
 
 def test_anthropic_sdk_counts_tokens_on_an_anthropic_upstream(upstream: tuple[Upstream, str]) -> None:
     server, base = upstream
-    recorder = Recorder()
+    recorder = FlowRecorder()
     with run_proxy(_config(base), plugins=(recorder,)) as proxy:
         with anthropic.Anthropic(base_url=proxy.url, api_key="sk", max_retries=0) as client:
             counted = client.messages.count_tokens(model="anthropic/claude-test", messages=MESSAGES,
                                                    system="be brief")
-        assert eventually(lambda: recorder.flows)
     assert counted.input_tokens == COUNTED_TOKENS
     seen = server.seen[0]
     assert seen.path == PATH
     assert seen.json == {"model": "claude-test", "messages": MESSAGES, "system": "be brief"}
     assert seen.headers["x-api-key"] == "sk-ant-upstream" and "anthropic-version" in seen.headers
-    flow = recorder.flows[0]
+    flow = recorder.wait(1)[0]
     assert flow.endpoint == "count_tokens" and flow.api == "anthropic" and flow.stream is False
     assert flow.response_status == 200 and flow.usage is None  # a count the client asked for, not tokens spent
 

@@ -12,36 +12,19 @@ import openai
 import pytest
 import yaml
 
-from core.flow import Flow
-from core.hookspecs import RegisterObserver, hookimpl
 from filters.auth import hash_key
 from filters.rate_cap.usage import estimate_input_tokens
 from tests.conftest import proxy_config
-from tests.harness import eventually, free_port, run_proxy
+from tests.harness import FlowRecorder, eventually, free_port, run_proxy
 from tests.upstream import EMBEDDING, Upstream
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-alice-0123456789"
 
 
-class Recorder:
-    """Every finished request, as the metrics observer sees it."""
-
-    def __init__(self) -> None:
-        self.flows: list[Flow] = []
-
-    @hookimpl
-    def outerloop_register_observers(self, register: RegisterObserver) -> None:
-        register(lambda flow, error: self.flows.append(flow))
-
-    def wait(self, count: int) -> list[Flow]:
-        assert eventually(lambda: len(self.flows) >= count), f"{len(self.flows)} of {count} requests finished"
-        return self.flows
-
-
 def test_openai_sdk_embeddings_pass_through_with_the_model_id_substituted(upstream: tuple[Upstream, str]) -> None:
     server, base = upstream
-    recorder = Recorder()
+    recorder = FlowRecorder()
     with run_proxy(proxy_config(base), plugins=(recorder,)) as proxy:
         with openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk", max_retries=0) as client:
             one = client.embeddings.create(model="test/test-model", input="hello")  # the SDK asks for base64
@@ -197,7 +180,7 @@ def test_guardrails_pass_embeddings(upstream: tuple[Upstream, str]) -> None:
 def test_the_demo_provider_of_make_run_serves_embeddings() -> None:
     config = yaml.safe_load((ROOT / "configs/default.yaml").read_text())
     config["listeners"][0]["port"] = free_port()
-    recorder = Recorder()
+    recorder = FlowRecorder()
     with run_proxy(config, plugins=(recorder,)) as proxy:
         with openai.OpenAI(base_url=proxy.url + "/v1", api_key="unused", max_retries=0) as client:
             floats = client.embeddings.create(model="demo-echo", input=["same text", "other text", "same text"],

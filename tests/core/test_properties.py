@@ -43,12 +43,21 @@ WORDS = [
     "none", "required", "end_turn", "tool_calls", "stop", "length", "api_error", "overloaded_error",
     "data:image/png;base64,AAAA", "https://x.example/a.png", "{}", '{"a": 1}', "[", "\ud800", "fn:0",
 ]
-KEYS = st.sampled_from(WORDS) | st.text(max_size=4)
-SCALARS = (st.none() | st.booleans() | st.integers(-2, 2**70) | st.floats() | st.sampled_from(WORDS)
-           | st.text(max_size=8))
-JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=6),
-                    max_leaves=40)
-OBJECTS = st.dictionaries(KEYS, JSON, max_size=8)
+
+
+def json_strategies(words: list[str]) -> tuple[st.SearchStrategy[str], st.SearchStrategy[Any],
+                                               st.SearchStrategy[Any], st.SearchStrategy[dict[str, Any]]]:
+    """(keys, scalars, any value, objects) of random JSON-like documents, NaN and lone surrogates included, whose
+    keys and strings are often ``words``."""
+    keys = st.sampled_from(words) | st.text(max_size=4)
+    scalars = (st.none() | st.booleans() | st.integers(-2, 2**70) | st.floats() | st.sampled_from(words)
+               | st.text(max_size=8))
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                          | st.dictionaries(keys, inner, max_size=6), max_leaves=40)
+    return keys, scalars, values, st.dictionaries(keys, values, max_size=8)
+
+
+KEYS, SCALARS, JSON, OBJECTS = json_strategies(WORDS)
 # Standard JSON only (what a client can send): no NaN, no lone surrogates.
 STRICT_SCALARS = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
                   | st.text(max_size=8))

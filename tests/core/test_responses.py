@@ -13,10 +13,8 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from core.flow import Flow
-from core.hookspecs import RegisterObserver, hookimpl
 from filters.auth import hash_key
-from tests.harness import eventually, proxy_process, run_proxy, serve_app
+from tests.harness import FlowRecorder, proxy_process, run_proxy, serve_app
 from tests.scripted import Error, Json, ScriptedUpstream, Text, ToolCalls
 
 ALICE, BOB = "sk-alice-0123456789", "sk-bob-0123456789"
@@ -311,28 +309,16 @@ def test_openai_agents_sdk_runs_a_tool_loop_through_the_proxy(scripted: tuple[Sc
     assert tool_turn[-1]["role"] == "tool" and tool_turn[-1]["content"] == "sunny, 24C"
 
 
-class Observed:
-    """Every finished request's flow, as the metrics observer sees it."""
-
-    def __init__(self) -> None:
-        self.flows: list[Flow] = []
-
-    @hookimpl
-    def outerloop_register_observers(self, register: RegisterObserver) -> None:
-        register(lambda flow, error: self.flows.append(flow))
-
-
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_usage_and_finish_reason_are_recorded(scripted: tuple[ScriptedUpstream, str], shape: str) -> None:
     upstream, base = scripted
     upstream.script.extend([Text("one two three"), ToolCalls([("get_weather", '{"city": "Oslo"}')])])
-    observed = Observed()
+    observed = FlowRecorder()
     with run_proxy(_config(base, shape), plugins=(observed,)) as proxy, _client(proxy.url) as client:
         answer = client.responses.create(model=_model(shape), input="hi")
         with client.responses.stream(model=_model(shape), input="hi", tools=[WEATHER_TOOL]) as stream:
             streamed = stream.get_final_response()
-        assert eventually(lambda: len(observed.flows) == 2)
-    whole, tools = observed.flows
+    whole, tools = observed.wait(2)
     assert answer.usage is not None and streamed.usage is not None
     assert whole.usage is not None and whole.usage["completion_tokens"] == answer.usage.output_tokens
     assert tools.usage is not None and tools.usage["prompt_tokens"] == streamed.usage.input_tokens

@@ -10,8 +10,6 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from openai.types.responses import ResponseItem, ResponseStreamEvent
-from pydantic import TypeAdapter
 
 from core.errors import RequestError
 from core.flow import encode_json
@@ -26,9 +24,10 @@ from core.responses_api import (
     to_chat,
     validate_responses,
 )
+from tests.core.test_properties import json_strategies
+from tests.core.test_responses_translate import ITEM as LISTED_ITEM
+from tests.core.test_responses_translate import STREAM_EVENT
 
-STREAM_EVENT: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
-LISTED_ITEM: TypeAdapter[Any] = TypeAdapter(ResponseItem)
 # Keys and values the code under test looks at, so random documents reach past the first type check.
 WORDS = [
     "model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "max_output_tokens",
@@ -44,12 +43,7 @@ WORDS = [
     "response.completed", "response.incomplete", "response.failed", "status", "incomplete_details",
     "prompt_tokens", "completion_tokens", "input_tokens", "output_tokens", "[DONE]", "\ud800",
 ]
-KEYS = st.sampled_from(WORDS) | st.text(max_size=4)
-SCALARS = (st.none() | st.booleans() | st.integers(-2, 2**70) | st.floats() | st.sampled_from(WORDS)
-           | st.text(max_size=8))
-JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=6),
-                    max_leaves=40)
-OBJECTS = st.dictionaries(KEYS, JSON, max_size=8)
+_, _, JSON, OBJECTS = json_strategies(WORDS)
 EXAMPLES = settings(max_examples=150, deadline=None)
 
 PART = st.fixed_dictionaries(

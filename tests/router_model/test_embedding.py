@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import warnings
 from pathlib import Path
 
 import pytest
@@ -10,32 +8,14 @@ import pytest
 from router_model.backend import RouterModelMissing
 from router_model.embedding import NO_TASK_PHRASES, EmbeddingRouter, lead_in, phrasings
 from router_model.routes import Route, RouteSet
+from tests.conftest import export_tiny_encoder
 
 
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory, routes: RouteSet) -> Path:
-    """A tiny random BERT with an in-process WordPiece tokenizer, exported by optimum (feature-extraction)."""
-    import torch
-    from optimum.exporters.onnx import main_export
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertModel
-
-    base = tmp_path_factory.mktemp("encoder")
-    tok = BertWordPieceTokenizer(lowercase=True)
+    """A tiny random BERT sentence encoder whose tokenizer knows the routes' words."""
     corpus = [r.description for r in routes] + [r.name.replace("_", " ") for r in routes] + ["hello there friend"]
-    tok.train_from_iterator(corpus * 3, vocab_size=400, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    hf = base / "hf"
-    hf.mkdir()
-    tok.save(str(hf / "tokenizer.json"))
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-    BertModel(config).eval().save_pretrained(hf)
-    out = base / "onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        main_export(str(hf), output=out, task="feature-extraction", do_validation=False, local_files_only=True)
-    shutil.copy2(hf / "tokenizer.json", out / "tokenizer.json")
-    return out
+    return export_tiny_encoder(tmp_path_factory.mktemp("encoder"), corpus, vocab_size=400, layers=2)
 
 
 def test_description_text_routes_to_its_route(tiny_encoder_dir: Path, routes: RouteSet) -> None:
