@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,17 +11,13 @@ import anthropic
 import httpx
 import openai
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from core.config import Config
 from core.config_loader import parse_config
 from core.errors import ConfigError
-from core.hookspecs import hookimpl
 from core.plugins import build_registry
-from tests.harness import eventually, run_proxy
+from tests.conftest import export_tiny_encoder
+from tests.harness import MemoryTracing, eventually, run_proxy
 from tests.plugins.agents_fixtures import FLIGHTS, HOTELS, Travel, travel
 
 ASK = [{"role": "user", "content": "a flight to Lisbon and a hotel near the old town"}]
@@ -176,17 +170,6 @@ def test_filters_of_one_agent_leave_the_other_alone(trip: Travel) -> None:
     assert not trip.hotels.seen and len(trip.flights.seen) == 1
 
 
-class MemoryTracing:
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.provider = TracerProvider()
-        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-
-    @hookimpl
-    def outerloop_tracer_provider(self, config: Config) -> Any:
-        return self.provider
-
-
 def test_traceparent_span_per_agent_and_metrics(trip: Travel) -> None:
     trip.router.answer = '{"route": ["flights", "hotels"]}'
     tracing = MemoryTracing()
@@ -244,28 +227,8 @@ def test_session_keeps_a_tool_loop_with_its_agent(trip: Travel) -> None:
 @pytest.fixture(scope="module")
 def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random BERT sentence encoder, exported to ONNX at test time (as tests/router_model does)."""
-    import torch
-    from optimum.exporters.onnx import main_export
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertModel
-
-    base = tmp_path_factory.mktemp("encoder")
-    tok = BertWordPieceTokenizer(lowercase=True)
     corpus = [FLIGHTS, HOTELS, "flights hotels", "hello there friend"]
-    tok.train_from_iterator(corpus * 3, vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    hf = base / "hf"
-    hf.mkdir()
-    tok.save(str(hf / "tokenizer.json"))
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64)
-    BertModel(config).eval().save_pretrained(hf)
-    out = base / "onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        main_export(str(hf), output=out, task="feature-extraction", do_validation=False, local_files_only=True)
-    shutil.copy2(hf / "tokenizer.json", out / "tokenizer.json")
-    return out
+    return export_tiny_encoder(tmp_path_factory.mktemp("encoder"), corpus, vocab_size=200, layers=1)
 
 
 @pytest.mark.slow

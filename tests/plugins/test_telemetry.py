@@ -10,37 +10,24 @@ from typing import Any
 import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from core.config import Config
 from core.filter import Filter, LocalReply
 from core.flow import Flow, RouteDecision
 from core.hookspecs import hookimpl
 from tests.conftest import proxy_config
-from tests.harness import run_proxy, serve_app
+from tests.harness import MemoryTracing, run_proxy, serve_app
 from tests.upstream import Upstream
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
-class MemoryTracing:
-    """Hands the core a provider that keeps spans in memory, and a filter that annotates the flow."""
-
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.provider = TracerProvider()
-        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-
-    @hookimpl
-    def outerloop_tracer_provider(self, config: Config) -> Any:
-        return self.provider
+class TaggedTracing(MemoryTracing):
+    """Spans kept in memory, and a filter that annotates the flow."""
 
     @hookimpl
     def outerloop_register_filters(self, register: Any) -> None:
@@ -57,7 +44,7 @@ class MemoryTracing:
 
 def test_spans_for_request_filters_and_upstream(upstream: tuple[Upstream, str]) -> None:
     server, base = upstream
-    tracing = MemoryTracing()
+    tracing = TaggedTracing()
     with run_proxy(proxy_config(base, filters=["tag"]), plugins=(tracing,)) as proxy:
         ok = httpx.post(proxy.url + "/v1/chat/completions", json={"model": "test-model", "messages": MESSAGES},
                         headers={"authorization": "Bearer sk-client-secret"})
