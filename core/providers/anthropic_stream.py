@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from abc import ABC, abstractmethod
 from typing import Any
 
 from core.errors import anthropic_error, openai_error
-from core.sse import SSEDecoder, encode_event
 from core.providers.anthropic import TranslationError, as_array, as_object, tool_id
 from core.providers.anthropic_response import (
     anthropic_error_status,
@@ -18,6 +18,7 @@ from core.providers.anthropic_response import (
     openai_usage,
     stop_reason,
 )
+from core.sse import SSEDecoder, encode_event
 
 _DONE = b"data: [DONE]\n\n"
 
@@ -41,7 +42,7 @@ def _text_or(value: object, default: str) -> str:
     return value if isinstance(value, str) and value else default
 
 
-class ChatChunkStream:
+class ChatChunkStream(ABC):
     """A translator whose output is chat.completion.chunk SSE: every chunk carries one id, creation time and
     model; an error chunk, then [DONE], ends a stream that broke. Subclasses turn each event into chunks in
     ``_event``; `usage` is OpenAI-shaped."""
@@ -58,8 +59,9 @@ class ChatChunkStream:
     def feed(self, data: bytes) -> bytes:
         return b"".join(self._event(event, data) for event, data in self._decoder.feed(data))
 
+    @abstractmethod
     def _event(self, event: str, data: str) -> bytes:
-        raise NotImplementedError
+        """The chunks one upstream event becomes."""
 
     def _frame(self, fields: dict[str, Any]) -> bytes:
         chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self.model}
