@@ -21,10 +21,10 @@ from core.providers.anthropic_upstream import (
     anthropic_count_tokens,
     anthropic_passthrough,
 )
+from core.providers.openai import openai_embeddings, openai_passthrough
+from core.providers.responses_upstream import ChatClientResponsesUpstream
 from core.responses_api.call import NativeResponses, ResponsesOverChat
 from core.responses_api.store import build_store
-from core.providers.responses_upstream import ChatClientResponsesUpstream
-from core.providers.openai import openai_embeddings, openai_passthrough
 from core.state import State
 from core.upstream import Upstreams
 

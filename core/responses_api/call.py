@@ -26,8 +26,8 @@ from core.providers.openai import openai_headers
 from core.responses_api.request import ChatForm, chat_to_responses_request, input_items, to_chat
 from core.responses_api.response import chat_to_response, response_items, response_to_chat
 from core.responses_api.store import ResponseStore, StoredResponse, StoreUnavailable
-from core.responses_api.validation import validate_responses
 from core.responses_api.stream import ChatToResponsesStream, ResponsesToChatStream
+from core.responses_api.validation import validate_responses
 from core.sse import SSEDecoder, encode_event
 from core.upstream_errors import invalid_response
 
