@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # (torch among them), so a `make test` after a `make run` installs just what is missing.
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
-# Real clients the tests drive (Claude Code), pinned in tests/clients/package-lock.json.
+# Real clients the tests drive (Claude Code, Codex CLI), pinned in tests/clients/package-lock.json.
 CLIENTS_STAMP := tests/clients/node_modules/.installed
 CONFIG ?= configs/default.yaml
 

@@ -51,10 +51,15 @@ def to_chat(body: dict[str, Any], history: list[dict[str, Any]]) -> ChatForm:
     tools = []
     for i, tool in enumerate(body.get("tools") or []):
         if tool["type"] == "function":
-            function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
-            tools.append({"type": "function", "function": function})
+            tools.append(_chat_function(tool))
+        elif tool["type"] == "namespace":
+            tools += _namespace_functions(tool, f"tools[{i}]", unsupported)
         else:
             unsupported.append((f"tools[{i}]", f"{tool['type']} tools have no Chat Completions form"))
+    names = [tool["function"].get("name") for tool in tools]
+    if len(set(names)) < len(names):
+        # A chat call names its function only; response.namespaces() tells from the name which one it was.
+        unsupported.append(("tools", "function names must be unique across namespaces for Chat Completions"))
     if tools:
         out["tools"] = tools
         if body.get("parallel_tool_calls") is not None:
@@ -96,6 +101,27 @@ def to_chat(body: dict[str, Any], history: list[dict[str, Any]]) -> ChatForm:
                 if name not in _CARRIED and name not in PROXY_FIELDS and name not in ("conversation", "prompt")
                 and value is not None and value is not False]
     return ChatForm(out, dropped, unsupported)
+
+
+def _chat_function(tool: dict[str, Any]) -> dict[str, Any]:
+    function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
+    return {"type": "function", "function": function}
+
+
+def _namespace_functions(tool: dict[str, Any], at: str, unsupported: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """A namespace tool's functions as plain chat functions (Codex CLI groups its sub-agent tools this way)."""
+    inner = tool.get("tools")
+    if not isinstance(tool.get("name"), str) or not isinstance(inner, list):
+        unsupported.append((at, "a namespace tool needs a name and an array of tools"))
+        return []
+    functions = []
+    for j, function in enumerate(inner):
+        if isinstance(function, dict) and function.get("type") == "function" and isinstance(function.get("name"), str):
+            functions.append(_chat_function(function))
+        else:
+            kind = function.get("type") if isinstance(function, dict) else None
+            unsupported.append((f"{at}.tools[{j}]", f"{kind} tools in a namespace have no Chat Completions form"))
+    return functions
 
 
 def _chat_tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any] | None:

@@ -127,10 +127,23 @@ def message_item(parts: list[dict[str, Any]], status: str = "completed", item_id
             "content": parts}
 
 
+def namespaces(body: dict[str, Any]) -> dict[str, str]:
+    """The namespace of each function a namespace tool of ``body`` groups, by function name: the calls a chat
+    upstream makes name the function only (request.to_chat refuses names that are not unique)."""
+    return {function["name"]: tool["name"] for tool in body.get("tools") or []
+            if isinstance(tool, dict) and tool.get("type") == "namespace" and isinstance(tool.get("name"), str)
+            and isinstance(tool.get("tools"), list)
+            for function in tool["tools"] if isinstance(function, dict) and function.get("type") == "function"
+            and isinstance(function.get("name"), str)}
+
+
 def call_item(call_id: str, name: str, arguments: str, status: str = "completed",
-              item_id: str | None = None) -> dict[str, Any]:
-    return {"id": item_id or new_id("fc"), "type": "function_call", "status": status, "arguments": arguments,
+              item_id: str | None = None, namespace: str | None = None) -> dict[str, Any]:
+    item = {"id": item_id or new_id("fc"), "type": "function_call", "status": status, "arguments": arguments,
             "call_id": call_id, "name": name}
+    if namespace is not None:
+        item["namespace"] = namespace
+    return item
 
 
 def chat_to_response(completion: dict[str, Any], request: dict[str, Any], response_id: str,
@@ -151,11 +164,13 @@ def chat_to_response(completion: dict[str, Any], request: dict[str, Any], respon
         parts.append({"type": "refusal", "refusal": message["refusal"]})
     if parts:
         response["output"].append(message_item(parts))
+    grouped = namespaces(request)
     for call in as_array(message.get("tool_calls")):
         call = as_object(call)
         function = as_object(call.get("function"))
-        response["output"].append(call_item(_text(call.get("id")) or new_id("call"), _text(function.get("name")),
-                                            _text(function.get("arguments"))))
+        name = _text(function.get("name"))
+        response["output"].append(call_item(_text(call.get("id")) or new_id("call"), name,
+                                            _text(function.get("arguments")), namespace=grouped.get(name)))
     return finished(response, choice.get("finish_reason"), completion.get("usage"))
 
 

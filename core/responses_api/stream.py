@@ -15,6 +15,7 @@ from core.responses_api.response import (
     failed,
     finished,
     message_item,
+    namespaces,
     new_id,
     text_part,
 )
@@ -36,6 +37,7 @@ class ChatToResponsesStream:
 
     def __init__(self, request: dict[str, Any], response_id: str, created_at: int) -> None:
         self.request = request
+        self._namespaces = namespaces(request)
         self.response: dict[str, Any] | None = None
         self._decoder = SSEDecoder()
         self._snapshot = envelope(request, response_id, created_at, request.get("model"))
@@ -178,7 +180,8 @@ class ChatToResponsesStream:
         if index not in self._calls:
             out += self._close_message("completed") + self._close_call()
             call_id = _string(call.get("id")) or new_id("call")
-            self._calls[index] = call_item(call_id, _string(function.get("name")), "", "in_progress")
+            name = _string(function.get("name"))
+            self._calls[index] = call_item(call_id, name, "", "in_progress", namespace=self._namespaces.get(name))
             self._call = index
             out += self._add(self._calls[index])
         elif self._call != index:

@@ -447,6 +447,47 @@ def test_to_chat_unsupported() -> None:
     assert len(form.body["tools"]) == 1
 
 
+CLOSE_AGENT = {"type": "function", "name": "close_agent", "description": "Close an agent",
+               "parameters": {"type": "object", "properties": {"target": {"type": "string"}}}, "strict": False}
+AGENTS = {"type": "namespace", "name": "multi_agent_v1", "description": "Sub-agents", "tools": [CLOSE_AGENT]}
+
+
+def test_namespace_tools_are_chat_functions_whose_calls_get_their_namespace_back() -> None:
+    # Codex CLI sends its sub-agent tools as a namespace, and later turns carry the call with its namespace.
+    body = validate_responses({"model": "m", "tools": [WEATHER, AGENTS], "input": [
+        {"role": "user", "content": "close it"},
+        {"type": "function_call", "call_id": "c1", "name": "close_agent", "namespace": "multi_agent_v1",
+         "arguments": '{"target":"a1"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "closed"},
+    ]})
+    form = to_chat(body, [])
+    assert form.unsupported == [] and [tool["function"]["name"] for tool in form.body["tools"]] == [
+        "weather", "close_agent"]
+    assert form.body["tools"][1]["function"] == {k: CLOSE_AGENT[k] for k in ("name", "description", "parameters",
+                                                                             "strict")}
+    assert form.body["messages"][1]["tool_calls"][0]["function"] == {"name": "close_agent",
+                                                                      "arguments": '{"target":"a1"}'}
+    completion = {"model": "m", "choices": [{"finish_reason": "tool_calls", "message": {"tool_calls": [
+        {"id": "c2", "type": "function", "function": {"name": "close_agent", "arguments": "{}"}},
+        {"id": "c3", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]}}]}
+    response = Response.model_validate(chat_to_response(completion, body, "resp_1", 1))
+    assert [(item.name, item.namespace) for item in response.output] == [  # type: ignore[union-attr]
+        ("close_agent", "multi_agent_v1"), ("weather", None)]
+    streamed = events(translate(chunk({"role": "assistant"}) + call_piece(0, "{}", "c2", "close_agent")
+                                + chunk(finish="tool_calls") + b"data: [DONE]\n\n", body)[1])
+    assert streamed[2]["item"]["namespace"] == "multi_agent_v1"
+    final = Response.model_validate(streamed[-1]["response"])
+    assert final.output[0].namespace == "multi_agent_v1"  # type: ignore[union-attr]
+
+
+def test_namespace_tools_without_a_chat_form_are_unsupported() -> None:
+    custom = {"type": "custom", "name": "apply_patch"}
+    clash = {**AGENTS, "tools": [{**WEATHER}]}
+    form = to_chat(validate_responses({"input": "x", "tools": [WEATHER, {**AGENTS, "tools": [CLOSE_AGENT, custom]},
+                                                               clash]}), [])
+    assert [path for path, _ in form.unsupported] == ["tools[1].tools[1]", "tools"]
+
+
 def test_input_items_are_listed_with_ids() -> None:
     listed = input_items({"input": "hello"})
     assert listed[0]["id"].startswith("msg_") and listed[0]["content"] == [{"type": "input_text", "text": "hello"}]
