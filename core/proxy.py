@@ -218,7 +218,7 @@ class ProxyEndpoint:
                 await exchange.local_reply(out)
                 return
             if encoder is not None:
-                out = encoder.feed(out) + (await encoder.finish() if end else b"")
+                out = await encoder.step(out, end)
             if out:
                 if not exchange.started:
                     await exchange.start(status, headers)

@@ -9,6 +9,7 @@ before the answer's last event goes out, so ``previous_response_id`` can follow 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -22,9 +23,10 @@ from core.errors import RequestError
 from core.filter import LocalReply
 from core.flow import Flow, encode_json
 from core.providers import DROPPED_HEADER, Adapter, note_dropped
+from core.providers.anthropic import TranslationError
 from core.providers.openai import openai_headers
 from core.responses_api.request import ChatForm, chat_to_responses_request, input_items, to_chat
-from core.responses_api.response import chat_to_response, response_items, response_to_chat
+from core.responses_api.response import chat_to_response, failed, response_items, response_to_chat
 from core.responses_api.store import ResponseStore, StoredResponse, StoreUnavailable
 from core.responses_api.stream import ChatToResponsesStream, ResponsesToChatStream
 from core.responses_api.validation import validate_responses
@@ -41,7 +43,7 @@ log = logging.getLogger("outerloop.responses")
 class ResponsesCall:
     """A Responses request's state on its flow (``flow.conversation``)."""
 
-    __slots__ = ("request", "form", "store", "previous", "response", "native", "reencoded", "events")
+    __slots__ = ("request", "form", "store", "previous", "response", "native", "reencoded", "events", "snapshot")
 
     def __init__(self, request: dict[str, Any], store: ResponseStore) -> None:
         #: The client's body, validated.
@@ -53,13 +55,15 @@ class ResponsesCall:
         self.previous: StoredResponse | None = None
         #: The Response object the client got, once complete.
         self.response: dict[str, Any] | None = None
-        #: The model entry that answered natively (a Responses upstream), for a continuation to go back to it.
+        #: The deployment that answered natively (``_holder``), for a continuation to go back to it.
         self.native: str | None = None
         #: True when a native answer was turned into chat for the filters and encoded again (a new id, which
         #: the upstream does not know).
         self.reencoded = False
         #: Events of a native stream passed on so far: the next one's sequence number.
         self.events = 0
+        #: The Response a native stream's lifecycle events last carried, for its ``response.failed``.
+        self.snapshot: dict[str, Any] | None = None
 
     @property
     def stores(self) -> bool:
@@ -151,6 +155,8 @@ class ResponsesOverChat:
                                     "Responses API natively", "request.unsupported_for_model", param)
         request = self.inner.request(flow, target)
         _merged_dropped(flow, call.form.dropped)
+        # A native model tried before this one (and failed) does not hold the response this answer becomes.
+        call.native = None
         return request
 
     def body(self, flow: Flow, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -175,15 +181,18 @@ class NativeResponses:
         call: ResponsesCall = flow.conversation
         body = dict(call.request)
         body["model"] = target.model_id
-        foreign = call.previous is not None and call.previous.native != target.entry
+        foreign = call.previous is not None and call.previous.native != _holder(target)
         if flow.body_modified or foreign:
-            translated = chat_to_responses_request(flow.json, target.model_id)
+            try:
+                translated = chat_to_responses_request(flow.json, target.model_id)
+            except TranslationError as exc:
+                raise RequestError(400, str(exc), exc.code, exc.field) from None
             body.pop("previous_response_id", None)
             body.pop("instructions", None)
             body["input"] = translated.get("input", [])
             if "instructions" in translated:
                 body["instructions"] = translated["instructions"]
-        call.native = target.entry
+        call.native = _holder(target)
         if DROPPED_HEADER in flow.extra_headers:
             note_dropped(flow, [])
         headers = openai_headers(flow, target)
@@ -199,7 +208,16 @@ class NativeResponses:
         return raw
 
 
+def _holder(target: Target) -> str:
+    """Where a native answer is kept upstream: responses are stored per account, so another deployment of the
+    model (another base URL, another key) does not know their ids. Stable across replicas (a shared store)."""
+    secret = target.provider.access_key.get_secret_value() if target.provider.access_key is not None else ""
+    account = hashlib.sha256(secret.encode()).hexdigest()[:16] if secret else ""
+    return f"{target.entry} {target.upstream.base_url} {account}"
+
+
 _FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_LIFECYCLE_EVENTS = frozenset({"response.created", "response.queued", "response.in_progress"})
 
 
 async def _tapped(flow: Flow, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -216,8 +234,11 @@ async def _tapped(flow: Flow, chunks: AsyncIterator[bytes]) -> AsyncIterator[byt
             except ValueError:
                 continue
             call.events += 1
+            if isinstance(obj, dict) and obj.get("type") in _LIFECYCLE_EVENTS and isinstance(obj.get("response"), dict):
+                call.snapshot = obj["response"]
             if isinstance(obj, dict) and obj.get("type") in _FINAL_EVENTS and isinstance(obj.get("response"), dict):
                 call.response = obj["response"]
+                call.snapshot = None  # it ended: a later failure is no response.failed of it
                 _finish_reason(flow, obj["response"])
                 if not call.reencoded:
                     await call.save(flow)
@@ -225,9 +246,15 @@ async def _tapped(flow: Flow, chunks: AsyncIterator[bytes]) -> AsyncIterator[byt
 
 
 def native_error_event(call: ResponsesCall, status: int, message: str, details: str) -> bytes:
-    """The Responses API's error event ending a native stream that broke (numbered after those passed on)."""
+    """The Responses API's error event ending a native stream that broke (numbered after those passed on), then
+    ``response.failed`` for the response the stream began."""
     event = {"type": "error", "code": details, "message": message, "param": None, "sequence_number": call.events}
-    return encode_event(event, "error")
+    out = encode_event(event, "error")
+    if call.snapshot is not None:
+        response = failed(dict(call.snapshot), status, message)
+        out += encode_event({"type": "response.failed", "response": response, "sequence_number": call.events + 1},
+                            "response.failed")
+    return out
 
 
 def _finish_reason(flow: Flow, response: dict[str, Any]) -> None:
@@ -240,10 +267,11 @@ def _finish_reason(flow: Flow, response: dict[str, Any]) -> None:
 class ResponsesEncoder:
     """After the filters: the chat answer (a stream's chunks, or one whole body) in the Responses API's shape.
 
-    ``feed`` takes what the filters let through; ``finish`` ends it, storing the response first.
+    ``feed`` takes what the filters let through; ``finish`` ends it, storing the response first. ``step`` does
+    both: the response is stored before the bytes carrying its final event are returned.
     """
 
-    __slots__ = ("flow", "call", "_stream", "_whole")
+    __slots__ = ("flow", "call", "_stream", "_whole", "_finished")
 
     def __init__(self, flow: Flow) -> None:
         self.flow = flow
@@ -252,17 +280,33 @@ class ResponsesEncoder:
         response_id = "resp_" + uuid.uuid4().hex
         self._stream = ChatToResponsesStream(request, response_id, int(time.time())) if flow.stream else None
         self._whole = bytearray()
+        self._finished = False
 
     def feed(self, chunk: bytes) -> bytes:
         if self._stream is not None:
-            return self._stream.feed(chunk)
+            try:
+                return self._stream.feed(chunk)
+            except TranslationError as exc:
+                raise invalid_response(self.flow, f"the stream cannot be translated: {exc}") from None
         self._whole += chunk
         return b""
 
+    async def step(self, chunk: bytes, end: bool) -> bytes:
+        """``chunk`` encoded; once the final event is among it (or at ``end``), the response stored first, so a
+        client acting on ``response.completed`` can continue it at once."""
+        out = self.feed(chunk)
+        if not self._finished and (end or (self._stream is not None and self._stream.response is not None)):
+            out += await self.finish()
+        return out
+
     async def finish(self) -> bytes:
+        self._finished = True
         call = self.call
         if self._stream is not None:
-            out = self._stream.close()
+            try:
+                out = self._stream.close()
+            except TranslationError as exc:
+                raise invalid_response(self.flow, f"the stream cannot be translated: {exc}") from None
             call.response = self._stream.response
         else:
             try:
@@ -283,10 +327,10 @@ class ResponsesEncoder:
     async def wrap(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The whole body of chunks in and out, for the path with no filter looking at bodies."""
         async for chunk in chunks:
-            out = self.feed(chunk)
+            out = await self.step(chunk, False)
             if out:
                 yield out
-        out = await self.finish()
+        out = await self.step(b"", True)
         if out:
             yield out
 
@@ -317,11 +361,14 @@ async def as_chat(flow: Flow, chunks: AsyncIterator[bytes]) -> AsyncIterator[byt
     """A native Responses answer in chat form, for filters that look at bodies (they see one shape)."""
     if flow.stream:
         translator = ResponsesToChatStream(flow.served_by.model if flow.served_by else flow.model or "")
-        async for chunk in chunks:
-            out = translator.feed(chunk)
-            if out:
-                yield out
-        out = translator.close()
+        try:
+            async for chunk in chunks:
+                out = translator.feed(chunk)
+                if out:
+                    yield out
+            out = translator.close()
+        except TranslationError as exc:
+            raise invalid_response(flow, f"the stream cannot be translated: {exc}") from None
         if out:
             yield out
         return
@@ -332,4 +379,8 @@ async def as_chat(flow: Flow, chunks: AsyncIterator[bytes]) -> AsyncIterator[byt
         raise invalid_response(flow, "the answer is not JSON") from None
     if not isinstance(response, dict):
         raise invalid_response(flow, "the answer is not a JSON object")
-    yield encode_json(response_to_chat(response, flow.served_by.model if flow.served_by else ""))
+    try:
+        chat = response_to_chat(response, flow.served_by.model if flow.served_by else "")
+    except TranslationError as exc:
+        raise invalid_response(flow, f"the body cannot be translated: {exc}") from None
+    yield encode_json(chat)

@@ -26,7 +26,7 @@ class StoredResponse:
     input_items: list[dict[str, Any]]
     #: The whole conversation in chat-completions form, up to and including this response's output.
     messages: list[dict[str, Any]]
-    #: The model entry that holds this id natively (a Responses upstream), else None.
+    #: The deployment that holds this id natively (a Responses upstream: entry, base URL, account), else None.
     native: str | None
     #: Epoch seconds.
     created_at: float
@@ -56,7 +56,9 @@ class ResponseStore(Protocol):
 
 def _encode(item: StoredResponse) -> str:
     # Shallow: dataclasses.asdict deep-copies every nested dict first, ~0.4 ms for one response.
-    return json.dumps({name: getattr(item, name) for name in _FIELDS}, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps({name: getattr(item, name) for name in _FIELDS}, ensure_ascii=False, separators=(",", ":"))
+    # An upstream's lone surrogate cannot be UTF-8, which Redis needs: kept as the same JSON escape.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 _FIELDS = tuple(field.name for field in fields(StoredResponse))
