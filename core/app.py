@@ -35,6 +35,9 @@ log = logging.getLogger("outerloop")
 #: The proxy paths a non-model listener's endpoint serves (``core.hookspecs.ListenerEndpoint``).
 LISTENER_PATHS = frozenset({"/v1/chat/completions", "/chat/completions", "/v1/messages", "/v1/responses",
                             "/responses"})
+#: The proxy paths only model listeners serve: on another listener they are a 404, not a way to its models.
+MODEL_PATHS = frozenset({"/v1/embeddings", "/embeddings", "/v1/messages/count_tokens"})
+_OWN_PATHS = LISTENER_PATHS | MODEL_PATHS
 
 
 class App:
@@ -78,11 +81,11 @@ class App:
             await self._lifespan(receive, send)
             return
         scope["outerloop.runtime"] = self.runtime
-        if self.runtime.listener_endpoints and scope["type"] == "http" and scope["path"] in LISTENER_PATHS:
+        if self.runtime.listener_endpoints and scope["type"] == "http" and scope["path"] in _OWN_PATHS:
             # An agent listener's chat and messages paths are its endpoint's; /healthz, /metrics stay shared.
             endpoint = self.runtime.listener_endpoint(scope)
             if endpoint is not None:
-                await endpoint(scope, receive, send)
+                await (endpoint if scope["path"] in LISTENER_PATHS else _not_found)(scope, receive, send)
                 return
         await self.router(scope, receive, send)
 

@@ -50,7 +50,9 @@ class LastAgentChain(Chain):
         self.agent = agent
 
     async def on_request(self, flow: Flow, after_auth: AfterAuth | None = None) -> LocalReply | None:
-        return await self.agent.on_request(flow, after_auth)
+        # `after_auth` ran with the listener's request phase; run again, it would rebuild the conversation
+        # from the stored one and drop the earlier agents' answers.
+        return await self.agent.on_request(flow)
 
 
 class AgentListener:
@@ -225,7 +227,8 @@ def _intermediate_flow(flow: Flow, agent: str, target: Target) -> Flow:
 
 
 def _answer_text(api: str, answer: _Collected) -> str | None:
-    """The text of a whole chat completion (or Anthropic message); None when the answer is not one."""
+    """The text of a whole chat completion (or Anthropic message); None when the answer is not one, or has no
+    text (a tool call alone: the next agent cannot run the tool, and would get an empty message)."""
     if answer.truncated:
         return None
     try:
@@ -235,14 +238,14 @@ def _answer_text(api: str, answer: _Collected) -> str | None:
     if not isinstance(body, dict):
         return None
     if api == "anthropic":
-        return content_text(body.get("content")) if isinstance(body.get("content"), list) else None
+        return (content_text(body.get("content")) or None) if isinstance(body.get("content"), list) else None
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return None
     message = choices[0].get("message")
     if not isinstance(message, dict):
         return None
-    return content_text(message.get("content"))
+    return content_text(message.get("content")) or None
 
 
 def _append(flow: Flow, agent: str, text: str) -> None:
