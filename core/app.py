@@ -58,6 +58,8 @@ class App:
             Route("/v1/responses/{response_id}", Authenticated(runtime, StoredResponses(runtime))),
             Route("/v1/responses/{response_id}/input_items",
                   Authenticated(runtime, StoredResponses(runtime, items=True))),
+            Route("/responses/{response_id}", Authenticated(runtime, StoredResponses(runtime))),
+            Route("/responses/{response_id}/input_items", Authenticated(runtime, StoredResponses(runtime, items=True))),
             Route("/v1/embeddings", ProxyEndpoint(runtime, "openai", "embeddings")),
             Route("/embeddings", ProxyEndpoint(runtime, "openai", "embeddings")),
             Route("/v1/messages/count_tokens", ProxyEndpoint(runtime, "anthropic", "count_tokens")),

@@ -413,6 +413,9 @@ class ResponsesConfig(Section):
                                            "(OpenAI keeps 30 days)")
     max_entries: int = Field(default=10000, ge=1,
                              description="memory store: most responses kept; the least recently used go first")
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=1,
+                           description="memory store: most JSON kept, all responses together (each holds its "
+                                       "whole conversation); the least recently used go first")
     redis_timeout_seconds: float = Field(default=0.5, gt=0,
                                          description="Redis store: connect and per-command timeout, no retries")
     key_prefix: str = Field(default="outerloop:responses:",

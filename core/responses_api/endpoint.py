@@ -59,8 +59,8 @@ class StoredResponses:
         elif self.items:
             query = _query(scope)
             listed = _page(found, query)
-            if isinstance(listed, str):
-                await _error(send, 400, listed, "request.invalid_value", param="limit")
+            if isinstance(listed, tuple):
+                await _error(send, 400, listed[1], "request.invalid_value", param=listed[0])
                 return
             body = listed
         else:
@@ -74,17 +74,17 @@ def _query(scope: Scope) -> dict[str, str]:
     return dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
 
 
-def _page(found: StoredResponse, query: dict[str, str]) -> dict[str, Any] | str:
+def _page(found: StoredResponse, query: dict[str, str]) -> dict[str, Any] | tuple[str, str]:
     """A cursor page of input items as the API lists them: ``order`` (desc by default), ``after``, ``limit``."""
     order = query.get("order", "desc")
     if order not in ("asc", "desc"):
-        return f"'order' must be asc or desc, got {order[:40]!r}"
+        return "order", f"'order' must be asc or desc, got {order[:40]!r}"
     try:
         limit = int(query.get("limit", "20"))
     except ValueError:
-        return "'limit' must be an integer"
+        return "limit", "'limit' must be an integer"
     if not 1 <= limit <= _MAX_LIMIT:
-        return f"'limit' must be between 1 and {_MAX_LIMIT}"
+        return "limit", f"'limit' must be between 1 and {_MAX_LIMIT}"
     items = list(found.input_items if order == "asc" else reversed(found.input_items))
     after = query.get("after")
     if after is not None:

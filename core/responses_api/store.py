@@ -69,44 +69,60 @@ def _decode(raw: str | bytes) -> StoredResponse:
 
 
 class MemoryResponseStore:
-    """Per-process responses: least recently used evicted past ``max_entries``, each expires ``ttl`` seconds
+    """Per-process responses: least recently used evicted past ``max_entries`` or ``max_bytes`` (each entry
+    holds its whole conversation, so a long tool loop's entries grow with it), each expires ``ttl`` seconds
     after it was put.
 
     Entries are kept as JSON, like in Redis: a caller that mutates what it put or got cannot change what is
     stored, and both backends accept and return exactly the same values.
     """
 
-    def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic,
+                 max_bytes: int | None = None) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.clock = clock
         self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        #: Characters of JSON held (a close count of the bytes: most of it is ASCII).
+        self.size = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
     async def put(self, item: StoredResponse) -> None:
-        self._entries[item.id] = (_encode(item), self.clock() + self.ttl)
-        self._entries.move_to_end(item.id)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        encoded = _encode(item)
+        self._drop(item.id)
+        self._entries[item.id] = (encoded, self.clock() + self.ttl)
+        self.size += len(encoded)
+        limit = self.max_bytes if self.max_bytes is not None else float("inf")
+        # The newest entry stays even alone over the budget: the client was just told its id.
+        while len(self._entries) > 1 and (len(self._entries) > self.max_entries or self.size > limit):
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, response_id: str) -> tuple[str, float] | None:
+        entry = self._entries.pop(response_id, None)
+        if entry is not None:
+            self.size -= len(entry[0])
+        return entry
 
     async def get(self, response_id: str) -> StoredResponse | None:
         entry = self._entries.get(response_id)
         if entry is None:
             return None
         if entry[1] <= self.clock():
-            del self._entries[response_id]
+            self._drop(response_id)
             return None
         self._entries.move_to_end(response_id)
         return _decode(entry[0])
 
     async def delete(self, response_id: str) -> bool:
-        entry = self._entries.pop(response_id, None)
+        entry = self._drop(response_id)
         return entry is not None and entry[1] > self.clock()
 
     async def close(self) -> None:
         self._entries.clear()
+        self.size = 0
 
 
 class RedisResponseStore:
@@ -150,5 +166,5 @@ class RedisResponseStore:
 
 def build_store(config: ResponsesConfig) -> ResponseStore:
     if config.store == "memory":
-        return MemoryResponseStore(config.ttl_seconds, config.max_entries)
+        return MemoryResponseStore(config.ttl_seconds, config.max_entries, max_bytes=config.max_bytes)
     return RedisResponseStore(config.store, config.ttl_seconds, config.redis_timeout_seconds, config.key_prefix)

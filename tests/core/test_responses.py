@@ -276,6 +276,14 @@ def test_hostile_input_is_a_clean_4xx(scripted: tuple[ScriptedUpstream, str], ca
         assert put.status_code == 405 and put.json()["error"]["code"] == "request.method_not_allowed"
         listed = httpx.get(proxy.url + "/v1/responses/resp_none/input_items")
         assert listed.status_code == 404
+        stored = httpx.post(proxy.url + "/v1/responses", json={"model": "test/chat", "input": "hi"}).json()["id"]
+        for query, param in (("order=up", "order"), ("limit=0", "limit"), ("limit=x", "limit")):
+            bad = httpx.get(f"{proxy.url}/v1/responses/{stored}/input_items?{query}")
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == param, bad.text
+        # The paths without /v1 serve stored responses too (an SDK whose base URL has no /v1).
+        assert httpx.get(f"{proxy.url}/responses/{stored}").json()["id"] == stored
+        assert httpx.get(f"{proxy.url}/responses/{stored}/input_items").json()["data"][0]["type"] == "message"
+        assert httpx.delete(f"{proxy.url}/responses/{stored}").json()["deleted"] is True
     assert not upstream.seen[:-1] or all(seen.path == "/v1/chat/completions" for seen in upstream.seen)
     assert "Traceback" not in caplog.text
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import time
 from typing import Any
 
@@ -52,6 +54,25 @@ def test_memory_evicts_the_least_recently_used_and_get_refreshes_recency() -> No
         await store.put(item("resp_d"))                      # a was read before c: a goes
         assert await store.get("resp_a") is None
         assert await store.get("resp_c") is not None and await store.get("resp_d") is not None
+
+    run(go())
+
+
+def test_memory_evicts_past_its_byte_budget_and_counts_replacements_once() -> None:
+    async def go() -> None:
+        one = len(json.dumps(dataclasses.asdict(item("resp_a")), ensure_ascii=False, separators=(",", ":")))
+        store = MemoryResponseStore(ttl=100, max_entries=100, max_bytes=2 * one + one // 2)
+        await store.put(item("resp_a"))
+        await store.put(item("resp_b"))
+        await store.put(item("resp_b"))                      # a replacement is not counted twice
+        assert len(store) == 2 and store.size == 2 * one
+        await store.put(item("resp_c"))                      # three do not fit: the least recent goes
+        assert await store.get("resp_a") is None and len(store) == 2 and store.size == 2 * one
+        await store.delete("resp_b")
+        assert store.size == one
+        tiny = MemoryResponseStore(ttl=100, max_entries=100, max_bytes=10)
+        await tiny.put(item("resp_big"))                     # alone over the budget, the newest stays
+        assert await tiny.get("resp_big") is not None
 
     run(go())
 
