@@ -47,7 +47,7 @@ class RequestMetrics:
         self.routes = Counter("outerloop_router_decisions", "Routing decisions, by route", ["route"],
                               registry=self.registry)
         self.router_fallbacks = Counter("outerloop_router_fallbacks", "Requests the router could not decide "
-                                        "and sent to the requested or default model", ["reason"],
+                                        "and sent to the requested or default model (or agent)", ["reason"],
                                         registry=self.registry)
         self.agent_selections = Counter("outerloop_agent_selections", "Agents run by agent listeners, by "
                                         "agent, and the router's fallback when it could not decide (else empty)",

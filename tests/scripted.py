@@ -138,6 +138,8 @@ class ScriptedUpstream:
         self.responses: dict[str, dict[str, Any]] = {}
         self.chunk_delay = chunk_delay
         self.dimensions = dimensions
+        #: Answer DELETE /v1/responses/{id} with a 500 (an upstream that fails to delete).
+        self.fail_deletes = False
 
     def app(self) -> Starlette:
         return Starlette(routes=[
@@ -279,6 +281,8 @@ class ScriptedUpstream:
     async def delete_response(self, request: Request) -> Response:
         await self._record(request)
         response_id = request.path_params["id"]
+        if self.fail_deletes:
+            return _openai_error(500, "The server had an error while processing your request.")
         if self.responses.pop(response_id, None) is None:
             return _openai_error(404, f"Response with id '{response_id}' not found.")
         return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})

@@ -181,7 +181,7 @@ class NativeResponses:
         call: ResponsesCall = flow.conversation
         body = dict(call.request)
         body["model"] = target.model_id
-        foreign = call.previous is not None and call.previous.native != _holder(target)
+        foreign = call.previous is not None and call.previous.native != holder_of(target)
         if flow.body_modified or foreign:
             try:
                 translated = chat_to_responses_request(flow.json, target.model_id)
@@ -192,7 +192,7 @@ class NativeResponses:
             body["input"] = translated.get("input", [])
             if "instructions" in translated:
                 body["instructions"] = translated["instructions"]
-        call.native = _holder(target)
+        call.native = holder_of(target)
         if DROPPED_HEADER in flow.extra_headers:
             note_dropped(flow, [])
         headers = openai_headers(flow, target)
@@ -208,7 +208,7 @@ class NativeResponses:
         return raw
 
 
-def _holder(target: Target) -> str:
+def holder_of(target: Target) -> str:
     """Where a native answer is kept upstream: responses are stored per account, so another deployment of the
     model (another base URL, another key) does not know their ids. Stable across replicas (a shared store)."""
     secret = target.provider.access_key.get_secret_value() if target.provider.access_key is not None else ""

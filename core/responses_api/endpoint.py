@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, quote
+
+import httpx
 
 from core.asgi import Receive, Scope, Send
 from core.errors import error_body
 from core.flow import Flow, encode_json
+from core.providers.openai import openai_headers
 from core.responses import send_body
+from core.responses_api.call import holder_of
 from core.responses_api.store import StoredResponse, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -46,6 +51,10 @@ class StoredResponses:
             if found is not None and found.owner != owner:
                 found = None
             if found is not None and method == "DELETE":
+                if found.native is not None and not await self._delete_upstream(scope, flow, found):
+                    await _error(send, 502, "the upstream holding this response did not delete it; it is kept",
+                                 "upstream.unavailable")
+                    return
                 await store.delete(response_id)
         except StoreUnavailable as exc:
             log.warning("stored responses: %s (%s)", exc, exc.where)
@@ -68,9 +77,32 @@ class StoredResponses:
         await send_body(send, 200, encode_json(body))
 
 
-def _query(scope: Scope) -> dict[str, str]:
-    from urllib.parse import parse_qsl
+    async def _delete_upstream(self, scope: Scope, flow: Flow | None, found: StoredResponse) -> bool:
+        """A native response is deleted where it is held too (OpenAI keeps its own copy): True when it is gone
+        there (or the upstream no longer knows it, or no configured deployment holds it any more)."""
+        holder = next((target for targets in self.runtime.upstreams.deployments.values() for target in targets
+                       if holder_of(target) == found.native), None)
+        if holder is None:
+            return True
+        if flow is None:
+            flow = Flow.of_request(scope, self.runtime.chain_for(scope).listener, "openai")
+        # Not Upstream.url(): it keeps every path it parsed, and each id is another path.
+        base, _, query = holder.upstream.base_url.partition("?")
+        url = f"{base}/responses/{quote(found.id, safe='')}" + (f"?{query}" if query else "")
+        try:
+            answer = await holder.upstream.client.delete(url, headers=dict(openai_headers(flow, holder)))
+        except httpx.HTTPError as exc:
+            log.warning("stored responses: deleting %s at %s failed: %s: %s", found.id, holder.model,
+                        type(exc).__name__, exc)
+            return False
+        if answer.status_code >= 400 and answer.status_code != 404:
+            log.warning("stored responses: deleting %s at %s: the upstream answered %d", found.id, holder.model,
+                        answer.status_code)
+            return False
+        return True
 
+
+def _query(scope: Scope) -> dict[str, str]:
     return dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
 
 

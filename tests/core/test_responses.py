@@ -475,3 +475,29 @@ def test_a_failing_upstream_reaches_a_responses_client_in_its_shape(fault: str) 
         body: Any = caught.value.body
         assert isinstance(body, dict) and str(body.get("code", "")).startswith("upstream."), body
         assert "127.0.0.1" not in json.dumps(body)
+
+
+def test_deleting_a_native_response_deletes_it_upstream_too(scripted: tuple[ScriptedUpstream, str]) -> None:
+    upstream, base = scripted
+    raw = _config(base, "native")
+    raw["model_providers"][0]["access_key"] = "sk-upstream-0123456789"
+    with run_proxy(raw) as proxy, _client(proxy.url) as client:
+        kept = client.responses.create(model="openai/gpt", input="keep me")
+        gone = client.responses.create(model="openai/gpt", input="forget me")
+        assert gone.id in upstream.responses
+        client.responses.delete(gone.id)
+        deleting = upstream.seen[-1]
+        assert (deleting.path, deleting.headers["authorization"]) == (f"/v1/responses/{gone.id}",
+                                                                        "Bearer sk-upstream-0123456789")
+        assert gone.id not in upstream.responses and kept.id in upstream.responses
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(gone.id)
+        # The upstream no longer knowing it is no reason to keep ours; an upstream that fails to delete is.
+        upstream.responses.pop(kept.id)
+        client.responses.delete(kept.id)
+        third = client.responses.create(model="openai/gpt", input="stuck")
+        upstream.fail_deletes = True
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.responses.delete(third.id)
+        assert caught.value.status_code == 502 and "127.0.0.1" not in str(caught.value.body)
+        assert client.responses.retrieve(third.id).id == third.id   # kept, as the upstream kept its copy
