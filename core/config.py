@@ -412,10 +412,11 @@ class ResponsesConfig(Section):
                                description="a stored response expires this long after it was stored "
                                            "(OpenAI keeps 30 days)")
     max_entries: int = Field(default=10000, ge=1,
-                             description="memory store: most responses kept; the least recently used go first")
+                             description="memory store: most responses (conversation turns) kept; the least "
+                                         "recently used go first")
     max_bytes: int = Field(default=256 * 1024 * 1024, ge=1,
                            description="memory store: most JSON kept, all responses together (each holds its "
-                                       "whole conversation); the least recently used go first")
+                                       "own turn); the least recently used go first")
     redis_timeout_seconds: float = Field(default=0.5, gt=0,
                                          description="Redis store: connect and per-command timeout, no retries")
     key_prefix: str = Field(default="outerloop:responses:",

@@ -69,20 +69,19 @@ class ResponsesCall:
     def stores(self) -> bool:
         return self.request.get("store") is not False
 
-    def history(self) -> list[dict[str, Any]]:
-        return list(self.previous.messages) if self.previous is not None else []
-
     async def save(self, flow: Flow) -> None:
-        """The complete response and its conversation, stored for ``previous_response_id`` and GET (a store
-        that fails is logged: the client's answer is not lost for it)."""
+        """The complete response and this turn of its conversation, linked to the turns before it, stored for
+        ``previous_response_id`` and GET (a store that fails is logged: the client's answer is not lost for it)."""
         response = self.response
         if not self.stores or response is None or not isinstance(response.get("id"), str):
             return
-        turn = to_chat({"input": self.request.get("input", "")}, self.history()).body.get("messages", [])
+        turn = to_chat({"input": self.request.get("input", "")}, []).body.get("messages", [])
+        previous = self.previous
         item = StoredResponse(
             id=response["id"], owner=_owner(flow), response=response, input_items=input_items(self.request),
             messages=[*turn, *response_items(response)], native=None if self.reencoded else self.native,
-            created_at=time.time())
+            created_at=time.time(), previous=previous.id if previous is not None else None,
+            chain=[*previous.chain, previous.id] if previous is not None else [])
         try:
             await self.store.put(item)
         except StoreUnavailable as exc:
@@ -112,21 +111,31 @@ def _set_form(flow: Flow, form: ChatForm) -> None:
 async def continue_conversation(flow: Flow) -> LocalReply | None:
     """After the authenticating filters: the conversation ``previous_response_id`` names, put before this
     request's input, so the filters that follow (guardrails, router, session) see all of it. Another
-    principal's response is a 404 like a missing one."""
+    principal's response is a 404 like a missing one; so is a conversation one of whose earlier turns is gone
+    (deleted, expired, evicted), as at OpenAI."""
     call: ResponsesCall = flow.conversation
     previous_id = call.request.get("previous_response_id")
     if previous_id is None:
         return None
+    owner = _owner(flow)
     try:
         found = await call.store.get(previous_id)
+        if found is None or found.owner != owner:
+            return LocalReply(404, f"previous response {previous_id!r} not found", "responses.not_found")
+        # The previous response is read again with its ancestors so that its TTL is renewed with theirs.
+        turns = await call.store.get_many([*found.chain, found.id])
     except StoreUnavailable as exc:
         log.warning("request %s: the response store failed: %s (%s)", flow.request_id, exc, exc.where)
         return LocalReply(503, f"stored responses cannot be read now (request {flow.request_id})",
                           "responses.store_unavailable")
-    if found is None or found.owner != _owner(flow):
-        return LocalReply(404, f"previous response {previous_id!r} not found", "responses.not_found")
+    history: list[dict[str, Any]] = []
+    for turn in turns:
+        if turn is None or turn.owner != owner:
+            return LocalReply(404, f"previous response {previous_id!r} not found: its conversation is no longer "
+                                   "complete (an earlier response was deleted or expired)", "responses.not_found")
+        history += turn.messages
     call.previous = found
-    call.form = to_chat(call.request, found.messages)
+    call.form = to_chat(call.request, history)
     _set_form(flow, call.form)
     return None
 

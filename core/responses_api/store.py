@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from core.config import ResponsesConfig
 from core.redis_client import RedisClient, RedisUnavailable
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -24,12 +26,17 @@ class StoredResponse:
     response: dict[str, Any]
     #: This request's input items, as GET /v1/responses/{id}/input_items lists them.
     input_items: list[dict[str, Any]]
-    #: The whole conversation in chat-completions form, up to and including this response's output.
+    #: This turn only, in chat-completions form: its input, then its output. The conversation before it is in
+    #: the ``chain``'s responses, so a conversation of N turns stores N turns, not N(N+1)/2.
     messages: list[dict[str, Any]]
     #: The deployment that holds this id natively (a Responses upstream: entry, base URL, account), else None.
     native: str | None
     #: Epoch seconds.
     created_at: float
+    #: The response this one continues (``previous_response_id``), None for a conversation's first.
+    previous: str | None
+    #: Every earlier response of the conversation, oldest first: one ``get_many`` reads them all.
+    chain: list[str]
 
 
 class StoreUnavailable(Exception):
@@ -48,6 +55,10 @@ class ResponseStore(Protocol):
     async def get(self, response_id: str) -> StoredResponse | None:
         """The stored response; None when absent, expired or evicted."""
 
+    async def get_many(self, response_ids: list[str]) -> list[StoredResponse | None]:
+        """The stored responses in the order asked, None for each absent one, in one round trip; each found one
+        counts as used again (its LRU recency in memory, its TTL in Redis)."""
+
     async def delete(self, response_id: str) -> bool:
         """Forget a response; False when there was none."""
 
@@ -64,14 +75,22 @@ def _encode(item: StoredResponse) -> str:
 _FIELDS = tuple(field.name for field in fields(StoredResponse))
 
 
-def _decode(raw: str | bytes) -> StoredResponse:
-    return StoredResponse(**json.loads(raw))
+def _decode(raw: str) -> StoredResponse | None:
+    """A stored value; None for one this version did not write (another release, such as one that kept the
+    whole conversation in each response, or another tool on the prefix): as if absent."""
+    try:
+        item = StoredResponse(**json.loads(raw))
+    except (ValueError, TypeError):
+        return None
+    chain = item.chain
+    if not isinstance(chain, list) or not all(isinstance(ancestor, str) for ancestor in chain):
+        return None
+    return item
 
 
 class MemoryResponseStore:
-    """Per-process responses: least recently used evicted past ``max_entries`` or ``max_bytes`` (each entry
-    holds its whole conversation, so a long tool loop's entries grow with it), each expires ``ttl`` seconds
-    after it was put.
+    """Per-process responses: least recently used evicted past ``max_entries`` or ``max_bytes`` (each entry is
+    one turn of its conversation), each expires ``ttl`` seconds after it was put.
 
     Entries are kept as JSON, like in Redis: a caller that mutates what it put or got cannot change what is
     stored, and both backends accept and return exactly the same values.
@@ -116,6 +135,15 @@ class MemoryResponseStore:
         self._entries.move_to_end(response_id)
         return _decode(entry[0])
 
+    async def get_many(self, response_ids: list[str]) -> list[StoredResponse | None]:
+        found = [await self.get(response_id) for response_id in response_ids]
+        # As in Redis: a conversation lives as long as its latest turn, so the turns read get their TTL again.
+        expires = self.clock() + self.ttl
+        for response_id, item in zip(response_ids, found):
+            if item is not None:
+                self._entries[response_id] = (self._entries[response_id][0], expires)
+        return found
+
     async def delete(self, response_id: str) -> bool:
         entry = self._drop(response_id)
         return entry is not None and entry[1] > self.clock()
@@ -139,8 +167,11 @@ class RedisResponseStore:
         self._redis = RedisClient(url, timeout, retry_after=retry_after)
 
     async def _call(self, command: str, *args: object) -> object:
+        return await self._mapped(self._redis.execute(command, *args))
+
+    async def _mapped(self, work: Awaitable[T]) -> T:
         try:
-            return await self._redis.execute(command, *args)
+            return await work
         except RedisUnavailable as exc:
             raise StoreUnavailable("the response store is unavailable", str(exc)) from None
 
@@ -149,13 +180,25 @@ class RedisResponseStore:
 
     async def get(self, response_id: str) -> StoredResponse | None:
         value = await self._call("GET", self.prefix + response_id)
-        if not isinstance(value, str):
-            return None
-        try:
-            return _decode(value)
-        except (ValueError, TypeError):
-            # Not a value this version wrote (another release, another tool on the prefix): as if absent.
-            return None
+        return _decode(value) if isinstance(value, str) else None
+
+    async def get_many(self, response_ids: list[str]) -> list[StoredResponse | None]:
+        if not response_ids:
+            return []
+        keys = [self.prefix + response_id for response_id in response_ids]
+
+        async def read_and_refresh() -> list[Any]:
+            # One round trip: the values, and each key's TTL set again, so a conversation lives as long as its
+            # latest turn (a key that is gone stays gone: PEXPIRE does not create it).
+            async with self._redis.client.pipeline(transaction=False) as pipe:
+                pipe.mget(keys)
+                for key in keys:
+                    pipe.pexpire(key, self.ttl_ms)
+                replies: list[Any] = await pipe.execute()
+            return replies
+
+        values = (await self._mapped(self._redis.run(read_and_refresh)))[0]
+        return [_decode(value) if isinstance(value, str) else None for value in values]
 
     async def delete(self, response_id: str) -> bool:
         return bool(await self._call("DEL", self.prefix + response_id))

@@ -223,7 +223,7 @@ def test_an_upstream_lone_surrogate_is_stored_in_redis(redis_url: str) -> None:
     text = "bad \ud800 text"
     item = StoredResponse(id="resp_s", owner=None, response={"id": "resp_s", "output_text": text},
                           input_items=[], messages=[{"role": "assistant", "content": text}], native=None,
-                          created_at=1.0)
+                          created_at=1.0, previous=None, chain=[])
 
     async def go() -> StoredResponse | None:
         store = RedisResponseStore(redis_url, ttl=60, timeout=2.0, key_prefix="t:review:")

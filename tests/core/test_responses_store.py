@@ -18,6 +18,7 @@ from core.responses_api.store import (
     RedisResponseStore,
     StoredResponse,
     StoreUnavailable,
+    _encode,
     build_store,
 )
 from tests.harness import free_port
@@ -27,7 +28,8 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-def item(response_id: str, owner: str | None = "alice", native: str | None = None) -> StoredResponse:
+def item(response_id: str, owner: str | None = "alice", native: str | None = None,
+         chain: tuple[str, ...] = ()) -> StoredResponse:
     return StoredResponse(
         id=response_id, owner=owner,
         response={"id": response_id, "object": "response", "status": "completed",
@@ -35,7 +37,7 @@ def item(response_id: str, owner: str | None = "alice", native: str | None = Non
                               "content": [{"type": "output_text", "text": "héllo", "annotations": []}]}]},
         input_items=[{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}],
         messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "héllo"}],
-        native=native, created_at=1_700_000_000.5,
+        native=native, created_at=1_700_000_000.5, previous=chain[-1] if chain else None, chain=list(chain),
     )
 
 
@@ -107,6 +109,30 @@ def test_memory_entries_expire_ttl_after_put_and_reads_do_not_extend_them() -> N
     run(go())
 
 
+def test_memory_get_many_in_order_with_none_for_the_missing_and_refreshes_recency_and_ttl() -> None:
+    now = [0.0]
+
+    async def go() -> None:
+        store = MemoryResponseStore(ttl=10, max_entries=3, clock=lambda: now[0])
+        await store.put(item("resp_a"))
+        await store.put(item("resp_b", chain=("resp_a",)))
+        await store.put(item("resp_c", chain=("resp_a", "resp_b")))
+        assert await store.get_many([]) == []
+        got = await store.get_many(["resp_b", "resp_nope", "resp_a"])
+        assert got == [item("resp_b", chain=("resp_a",)), None, item("resp_a")]
+        await store.put(item("resp_d"))                      # c is now the least recently used, not a or b
+        assert await store.get("resp_c") is None
+        now[0] = 5
+        assert [found is not None for found in await store.get_many(["resp_a", "resp_b"])] == [True] * 2
+        now[0] = 12                                          # d expired at 10; a and b were read at 5 (to 15)
+        assert await store.get_many(["resp_a", "resp_b", "resp_d"]) == [item("resp_a"), item("resp_b", chain=(
+            "resp_a",)), None]
+        now[0] = 30                                          # the read at 12 gave them until 22
+        assert await store.get_many(["resp_a", "resp_b"]) == [None, None] and len(store) == 0
+
+    run(go())
+
+
 def test_memory_delete_and_replace() -> None:
     async def go() -> None:
         store = MemoryResponseStore(ttl=100, max_entries=10)
@@ -163,20 +189,59 @@ def test_redis_round_trip_with_ttl_on_the_key(redis_url: str) -> None:
     assert run(delete()) == (True, False, None)
 
 
+def test_redis_get_many_in_one_round_trip_in_order_and_refreshes_every_ttl(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+
+    async def put() -> None:
+        store = RedisResponseStore(redis_url, ttl=60, timeout=2.0, key_prefix="t:many:")
+        await store.put(item("resp_m1"))
+        await store.put(item("resp_m2", chain=("resp_m1",)))
+        await store.close()
+
+    run(put())
+    for key in ("t:many:resp_m1", "t:many:resp_m2"):
+        client.pexpire(key, 5_000)                           # as if put long ago
+
+    def calls(command: str) -> int:
+        stats = client.info("commandstats")
+        return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+    async def go() -> tuple[list[StoredResponse | None], list[StoredResponse | None]]:
+        store = RedisResponseStore(redis_url, ttl=60, timeout=2.0, key_prefix="t:many:")
+        try:
+            return await store.get_many(["resp_m2", "resp_gone", "resp_m1"]), await store.get_many([])
+        finally:
+            await store.close()
+
+    before = {command: calls(command) for command in ("mget", "get", "pexpire")}
+    got, empty = run(go())
+    assert got == [item("resp_m2", chain=("resp_m1",)), None, item("resp_m1")] and empty == []
+    assert {command: calls(command) - before[command] for command in before} == {"mget": 1, "get": 0, "pexpire": 3}
+    assert 55_000 < client.pttl("t:many:resp_m1") <= 60_000 and 55_000 < client.pttl("t:many:resp_m2") <= 60_000
+    assert client.exists("t:many:resp_gone") == 0            # refreshing a missing id does not create it
+    client.close()
+
+
 def test_a_value_this_version_did_not_write_reads_as_absent(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     client.set("t:foreign:resp_j", "not json")
     client.set("t:foreign:resp_k", '{"id": "resp_k", "unknown": 1}')
+    client.set("t:foreign:resp_n", "[1, 2]")
+    client.set("t:foreign:resp_c", _encode(item("resp_c")).replace('"chain":[]', '"chain":"resp_a"'))
+    # What the version that kept the whole conversation in each response wrote: no `previous`, no `chain`.
+    old = {k: v for k, v in json.loads(_encode(item("resp_o"))).items() if k not in ("previous", "chain")}
+    client.set("t:foreign:resp_o", json.dumps(old))
     client.close()
 
     async def go() -> list[StoredResponse | None]:
         store = RedisResponseStore(redis_url, ttl=60, timeout=2.0, key_prefix="t:foreign:")
         try:
-            return [await store.get("resp_j"), await store.get("resp_k")]
+            ids = ["resp_j", "resp_k", "resp_n", "resp_c", "resp_o"]
+            return [*[await store.get(response_id) for response_id in ids], *await store.get_many(ids)]
         finally:
             await store.close()
 
-    assert run(go()) == [None, None]
+    assert run(go()) == [None] * 10
 
 
 def test_two_stores_on_one_redis_see_each_others_entries(redis_url: str) -> None:
