@@ -37,6 +37,21 @@ class _StreamTranslator(Protocol):
     def close(self) -> bytes: ...
 
 
+async def translated_stream(flow: Flow, translator: _StreamTranslator,
+                            chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A stream through ``translator``; what it cannot translate ends it as the upstream's invalid response."""
+    try:
+        async for chunk in chunks:
+            out = translator.feed(chunk)
+            if out:
+                yield out
+        tail = translator.close()
+    except TranslationError as exc:
+        raise invalid_response(flow, f"the stream cannot be translated: {exc}") from None
+    if tail:
+        yield tail
+
+
 def anthropic_headers(flow: Flow, target: Target) -> list[tuple[str, str]]:
     provider = target.provider
     headers = [("content-type", "application/json"), ("x-request-id", flow.request_id)]
@@ -92,18 +107,8 @@ class _TranslatingAdapter(ABC):
         return httpx.Request("POST", target.upstream.url(self.path), headers=self.headers(flow, target, translated),
                              content=encode_json(translated))
 
-    async def body(self, flow: Flow, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        translator = self.stream_translator(flow, _model(flow))
-        try:
-            async for chunk in chunks:
-                out = translator.feed(chunk)
-                if out:
-                    yield out
-            tail = translator.close()
-        except TranslationError as exc:
-            raise invalid_response(flow, f"the stream cannot be translated: {exc}") from None
-        if tail:
-            yield tail
+    def body(self, flow: Flow, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        return translated_stream(flow, self.stream_translator(flow, _model(flow)), chunks)
 
     def whole(self, flow: Flow, body: dict[str, Any], raw: bytes) -> bytes:
         try:

@@ -24,6 +24,7 @@ from core.filter import LocalReply
 from core.flow import Flow, encode_json
 from core.providers import DROPPED_HEADER, Adapter, note_dropped
 from core.providers.anthropic import TranslationError
+from core.providers.anthropic_upstream import translated_stream
 from core.providers.openai import openai_headers
 from core.responses_api.request import ChatForm, chat_to_responses_request, input_items, to_chat
 from core.responses_api.response import chat_to_response, failed, response_items, response_to_chat
@@ -370,15 +371,7 @@ async def as_chat(flow: Flow, chunks: AsyncIterator[bytes]) -> AsyncIterator[byt
     """A native Responses answer in chat form, for filters that look at bodies (they see one shape)."""
     if flow.stream:
         translator = ResponsesToChatStream(flow.served_by.model if flow.served_by else flow.model or "")
-        try:
-            async for chunk in chunks:
-                out = translator.feed(chunk)
-                if out:
-                    yield out
-            out = translator.close()
-        except TranslationError as exc:
-            raise invalid_response(flow, f"the stream cannot be translated: {exc}") from None
-        if out:
+        async for out in translated_stream(flow, translator, chunks):
             yield out
         return
     data = b"".join([chunk async for chunk in chunks])
