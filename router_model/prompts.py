@@ -103,7 +103,7 @@ class PromptProfile(ABC):
     def list_item(self, route: str, index: int, closes: bool) -> str:
         """The answer text after `answer_prefix` and `index` earlier items that names `route` and then either
         closes the list or continues it (the next item follows)."""
-        raise NotImplementedError(f"the {self.name} profile answers with one route, not a list")
+        raise ValueError(f"the {self.name} profile answers with one route, not a list (lists_routes is False)")
 
     def user_message(self, routes: RouteSet, turns: Sequence[Turn]) -> str:
         return self.template(routes).replace(_CONVERSATION, self.render_conversation(turns), 1)

@@ -75,7 +75,7 @@ def test_list_items_read_back_as_the_list() -> None:
     answer = profile.answer_prefix + profile.list_item("b", 0, False) + profile.list_item("a", 1, True)
     assert answer == '{"route": ["b", "a"]}'
     assert profile.parse_all(answer, ABC) == ("b", "a")
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(ValueError):
         ArchRouterProfile().list_item("a", 0, True)
 
 
