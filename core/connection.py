@@ -91,6 +91,10 @@ def install() -> None:
     hypercorn.asyncio.run.TCPServer = ClientConnection  # type: ignore[attr-defined]
 
 
+#: The scope key set when the body deadline answered the request with a 408.
+BODY_TIMED_OUT = "outerloop.body_timed_out"
+
+
 class BodyDeadline:
     """Pure ASGI: a request's body must arrive whole within ``timeout`` seconds of its headers.
 
@@ -136,6 +140,8 @@ class _BodyDeadlineResponder:
             self.body_done = True
             if not self.started:
                 self.started = self.timed_out = True
+                # For the app, which sees the client leave: it logs and counts the request as refused with a 408.
+                self.scope[BODY_TIMED_OUT] = True
                 path = str(self.scope.get("path", ""))
                 api = "anthropic" if path.startswith("/v1/messages") else "openai"
                 body = error_body(api, 408, "the request body did not arrive in time", "request.body_timeout")

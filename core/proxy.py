@@ -13,6 +13,7 @@ from core import observe
 from core.asgi import Receive, Scope, Send
 from core.responses_api import call as responses
 from core.balancing import Deployment
+from core.connection import BODY_TIMED_OUT
 from core.dispatch import dispatch
 from core.errors import RequestError
 from core.exchange import Exchange
@@ -78,6 +79,11 @@ class ProxyEndpoint:
             else:
                 flow.set_request(raw, validate_body(parse_body(raw), flow.endpoint))
         except ClientGone:
+            if scope.get(BODY_TIMED_OUT):
+                # The server's body deadline answered it (core.connection): one access-log line and one count.
+                flow.response_status = 408
+                flow.details = "request.body_timeout"
+                self._observe(flow, None)
             return
         except RequestError as exc:
             # Refused before any filter ran: still one access-log line and one count.

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import socket
 import time
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.harness import eventually, proxy_process, run_proxy
+from tests.harness import FlowRecorder, eventually, proxy_process, run_proxy
 
 DEMO: dict[str, Any] = {
     "listeners": [{"name": "test", "port": 0}],
@@ -128,10 +131,18 @@ def test_trickled_headers_on_a_kept_alive_connection_get_the_header_timeout() ->
         assert closed and time.monotonic() - started < 2.5
 
 
-def test_trickled_body_gets_408_at_the_body_timeout() -> None:
-    with run_proxy({**DEMO, "server": {"body_timeout_seconds": 1.0}}) as proxy:
+def test_trickled_body_gets_408_at_the_body_timeout_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    recorder = FlowRecorder()
+    caplog.set_level(logging.INFO, logger="outerloop.access")
+    with run_proxy({**DEMO, "server": {"body_timeout_seconds": 1.0, "access_log": True}},
+                   plugins=(recorder,)) as proxy:
         head = b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n"
         elapsed, answer = _trickle(proxy.ports[0], [head] + [b" "] * 40, pause=0.1, limit=5)
+        flow = recorder.wait(1)[0]
     assert elapsed < 2.5
     assert answer.startswith(b"HTTP/1.1 408")
     assert b'"type": "error"' in answer and b"request.body_timeout" in answer  # Anthropic's shape on /v1/messages
+    # The request is one access-log line and one count (observers: what /metrics counts), like any refusal.
+    assert (flow.response_status, flow.details, flow.path) == (408, "request.body_timeout", "/v1/messages")
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "outerloop.access"]
+    assert [(line["status"], line["details"]) for line in lines] == [(408, "request.body_timeout")]
