@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -16,14 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from overhead import (
     BIN,
     PROMPT,
     ROOT,
     BenchError,
     Cell,
-    Service,
     Services,
     Target,
     _ms,
@@ -35,8 +32,8 @@ from overhead import (
     percentile,
     run_async,
     run_wrk,
+    serve_outerloop,
     start_upstream,
-    wait_ready,
     wrk_script,
 )
 
@@ -125,21 +122,6 @@ def agent_config(routed: int, single: int, upstream: int, router_url: str) -> di
     }
 
 
-def start_proxy(services: Services, workdir: Path, raw: dict[str, Any]) -> Service:
-    """`outerloop serve` on `raw` after `outerloop validate` accepts it; ready when every listener answers."""
-    ports = [listener["port"] for listener in raw["listeners"]]
-    path = workdir / f"outerloop-{ports[0]}.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    validate = subprocess.run([str(BIN / "outerloop"), "validate", str(path)], capture_output=True, text=True,
-                              cwd=ROOT, timeout=120, check=False)
-    if validate.returncode != 0:
-        raise BenchError(f"config rejected by `outerloop validate`: {(validate.stderr or validate.stdout).strip()}")
-    service = services.start(f"outerloop-{ports[0]}", [str(BIN / "outerloop"), "serve", "-c", str(path)])
-    for port in ports:
-        wait_ready(service, f"http://127.0.0.1:{port}/healthz", 60)
-    return service
-
-
 def expect_routed(target: Target) -> None:
     """The agent listener must have asked the router and followed it: otherwise the row measures a fallback."""
     request = urllib.request.Request(f"http://127.0.0.1:{target.port}{target.path}", data=target.body(False),
@@ -216,13 +198,13 @@ def run(args: argparse.Namespace) -> Results:
         try:
             upstream = start_upstream(services)
             model_port = free_port()
-            models = start_proxy(services, workdir, model_config(model_port, upstream.port))
+            models = serve_outerloop(services, workdir, model_config(model_port, upstream.port))
             targets = [Target(DIRECT, upstream.port, "m", service=upstream.service),
                        Target(MODEL, model_port, "up/m", service=models)]
             router_url = start_router(services)
             try:
                 routed, single = free_port(), free_port()
-                proxy = start_proxy(services, workdir, agent_config(routed, single, upstream.port, router_url))
+                proxy = serve_outerloop(services, workdir, agent_config(routed, single, upstream.port, router_url))
                 agents = [Target(SINGLE, single, "auto", service=proxy), Target(AGENT, routed, "auto", service=proxy)]
                 for target in agents:
                     expect_routed(target)

@@ -479,17 +479,25 @@ def registered_filters() -> set[str]:
     return {line.split()[0] for line in out.stdout.splitlines()[1:] if line.strip()}
 
 
-def start_outerloop(services: Services, workdir: Path, name: str, upstream: Target,
-                    filters: list[Any], token: str | None = None) -> Target:
-    port = free_port()
-    config = workdir / f"outerloop-{port}.yaml"
-    config.write_text(yaml.safe_dump(outerloop_config(port, upstream.port, filters), sort_keys=False))
-    validate = subprocess.run([str(BIN / "outerloop"), "validate", str(config)], capture_output=True, text=True,
+def serve_outerloop(services: Services, workdir: Path, raw: dict[str, Any]) -> Service:
+    """`outerloop serve` on `raw` after `outerloop validate` accepts it; ready when every listener answers."""
+    ports = [listener["port"] for listener in raw["listeners"]]
+    path = workdir / f"outerloop-{ports[0]}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    validate = subprocess.run([str(BIN / "outerloop"), "validate", str(path)], capture_output=True, text=True,
                               cwd=ROOT, timeout=120, check=False)
     if validate.returncode != 0:
         raise BenchError(f"config rejected by `outerloop validate`: {(validate.stderr or validate.stdout).strip()}")
-    service = services.start(f"outerloop-{port}", [str(BIN / "outerloop"), "serve", "-c", str(config)])
-    wait_ready(service, f"http://127.0.0.1:{port}/healthz", 60)
+    service = services.start(f"outerloop-{ports[0]}", [str(BIN / "outerloop"), "serve", "-c", str(path)])
+    for port in ports:
+        wait_ready(service, f"http://127.0.0.1:{port}/healthz", 60)
+    return service
+
+
+def start_outerloop(services: Services, workdir: Path, name: str, upstream: Target,
+                    filters: list[Any], token: str | None = None) -> Target:
+    port = free_port()
+    service = serve_outerloop(services, workdir, outerloop_config(port, upstream.port, filters))
     return Target(name, port, "up/m", token=token, service=service)
 
 

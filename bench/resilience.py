@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -16,11 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from overhead import (
-    BIN,
     PROMPT,
-    ROOT,
     BenchError,
     Cell,
     Row,
@@ -32,9 +28,9 @@ from overhead import (
     main_in_rounds,
     measure,
     run_wrk,
+    serve_outerloop,
     start_upstream,
     table,
-    wait_ready,
     wrk_script,
 )
 
@@ -99,14 +95,7 @@ def config(port: int, upstream: int) -> dict[str, Any]:
 
 def start_proxy(services: Services, workdir: Path, upstream: Target) -> int:
     port = free_port()
-    path = workdir / f"outerloop-{port}.yaml"
-    path.write_text(yaml.safe_dump(config(port, upstream.port), sort_keys=False))
-    validate = subprocess.run([str(BIN / "outerloop"), "validate", str(path)], capture_output=True, text=True,
-                              cwd=ROOT, timeout=120, check=False)
-    if validate.returncode != 0:
-        raise BenchError(f"config rejected by `outerloop validate`: {(validate.stderr or validate.stdout).strip()}")
-    service = services.start(f"outerloop-{port}", [str(BIN / "outerloop"), "serve", "-c", str(path)])
-    wait_ready(service, f"http://127.0.0.1:{port}/healthz", 60)
+    serve_outerloop(services, workdir, config(port, upstream.port))
     return port
 
 
