@@ -37,6 +37,9 @@ class Chain:
         self._response = [f for f in backwards if _overrides(f, "on_response")]
         self._chunk = [f for f in backwards if _overrides(f, "on_response_chunk")]
         self._complete = [f for f in backwards if _overrides(f, "on_complete")]
+        # The request phase split after the last authenticating filter (``on_request``'s ``after_auth``).
+        split = max((i + 1 for i, f in enumerate(self._request) if f.authenticates), default=0)
+        self._until_auth, self._after_auth = self._request[:split], self._request[split:]
         #: True when some filter must see whole response bodies (the core buffers under a cap).
         self.buffers_response = any(f.buffers_response for f in self.filters)
         #: True when some filter sets ``flow.principal``: a request without one learns no model names.
@@ -49,30 +52,22 @@ class Chain:
     async def on_request(self, flow: Flow, after_auth: AfterAuth | None = None) -> LocalReply | None:
         """The request phase in order. ``after_auth`` runs once the authenticating filters did (at once on a
         listener without them): for what the core may do only for a known caller (a stored conversation)."""
-        if after_auth is not None:
-            return await self._on_request_after_auth(flow, after_auth)
-        if self.tracer is not None:
-            return await self._on_request_traced(flow, self.tracer, self._request)
-        for flt in self._request:
-            reply = await flt.on_request(flow)
+        if after_auth is None:
+            return await self._on_request(flow, self._request)
+        reply = await self._on_request(flow, self._until_auth)
+        if reply is None:
+            reply = await after_auth(flow)
             if reply is not None:
                 flow.details = reply.details
                 return reply
-        return None
+            reply = await self._on_request(flow, self._after_auth)
+        return reply
 
-    async def _on_request_after_auth(self, flow: Flow, after_auth: AfterAuth) -> LocalReply | None:
-        last = max((i for i, f in enumerate(self._request) if f.authenticates), default=-1)
-        for filters in (self._request[:last + 1], None, self._request[last + 1:]):
-            if filters is None:
-                reply = await after_auth(flow)
-            elif self.tracer is not None:
-                reply = await self._on_request_traced(flow, self.tracer, filters)
-            else:
-                reply = None
-                for flt in filters:
-                    reply = await flt.on_request(flow)
-                    if reply is not None:
-                        break
+    async def _on_request(self, flow: Flow, filters: Sequence[Filter]) -> LocalReply | None:
+        if self.tracer is not None:
+            return await self._on_request_traced(flow, self.tracer, filters)
+        for flt in filters:
+            reply = await flt.on_request(flow)
             if reply is not None:
                 flow.details = reply.details
                 return reply

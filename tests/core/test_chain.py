@@ -222,3 +222,56 @@ def test_buffering_only_when_a_filter_asks_and_under_the_cap(upstream: tuple[Ups
     # ...and what it returned is what the client got (5 word events, the finish event, [DONE])
     assert streamed.text.count("DATA: ") == 7 and '"HELLO"' in streamed.text
     assert too_big.status_code == 502 and too_big.json()["error"]["code"] == "upstream.response_too_large"
+
+
+class _Step(Filter):
+    def __init__(self, name: str, log: list[str], authenticates: bool = False, stop: bool = False) -> None:
+        self.name = name
+        self.log = log
+        self.authenticates = authenticates
+        self.stop = stop
+
+    async def on_request(self, flow: Flow) -> LocalReply | None:
+        self.log.append(self.name)
+        return LocalReply(401, "no", f"{self.name}.stopped") if self.stop else None
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_after_auth_runs_between_the_authenticating_filters_and_the_rest(traced: bool) -> None:
+    import asyncio
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from core.chain import Chain
+
+    tracer = TracerProvider().get_tracer("test") if traced else None
+
+    def flow() -> Flow:
+        return Flow(request_id="r", listener="l", api="openai", method="POST", path="/v1/responses", headers={},
+                    body=b"{}", json_body={})
+
+    async def after(f: Flow) -> LocalReply | None:
+        log.append("after_auth")
+        return LocalReply(404, "gone", "responses.not_found") if stop_after else None
+
+    log: list[str] = []
+    stop_after = False
+    chain = Chain([_Step("a", log), _Step("auth", log, authenticates=True), _Step("c", log)], tracer)
+    assert asyncio.run(chain.on_request(flow(), after)) is None
+    assert log == ["a", "auth", "after_auth", "c"]
+    log.clear()
+    assert asyncio.run(chain.on_request(flow())) is None and log == ["a", "auth", "c"]
+    log.clear()
+    stop_after = True
+    stopped = flow()
+    reply = asyncio.run(chain.on_request(stopped, after))
+    assert reply is not None and stopped.details == "responses.not_found" and log == ["a", "auth", "after_auth"]
+    log.clear()
+    denied = flow()
+    refusing = Chain([_Step("auth", log, authenticates=True, stop=True), _Step("c", log)], tracer)
+    assert asyncio.run(refusing.on_request(denied, after)) is not None
+    assert denied.details == "auth.stopped" and log == ["auth"]        # nothing stored is read for a refused caller
+    log.clear()
+    stop_after = False
+    asyncio.run(Chain([_Step("c", log)], tracer).on_request(flow(), after))
+    assert log == ["after_auth", "c"]                                   # no authenticating filter: at once
