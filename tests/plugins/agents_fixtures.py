@@ -10,11 +10,16 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from core.config_loader import parse_config
+from core.errors import ConfigError
+from core.plugins import build_registry
 from tests.harness import serve_app
 
 FLIGHTS = "books flights, plane tickets and airline fares"
@@ -142,3 +147,10 @@ def travel() -> Iterator[Travel]:
         urls = {name: f"http://127.0.0.1:{stack.enter_context(serve_app(server.app()))}"
                 for name, server in (("flights", flights), ("hotels", hotels), ("router", router))}
         yield Travel(flights, hotels, router, urls)
+
+
+def config_problems(raw: dict[str, Any]) -> list[str]:
+    """The problems the loader finds in ``raw`` (a config the test expects to be refused), as `x.yaml`."""
+    with pytest.raises(ConfigError) as raised:
+        parse_config(raw, build_registry(entry_points=False), source="x.yaml")
+    return raised.value.problems

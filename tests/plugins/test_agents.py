@@ -13,12 +13,9 @@ import openai
 import pytest
 from opentelemetry.trace import SpanKind
 
-from core.config_loader import parse_config
-from core.errors import ConfigError
-from core.plugins import build_registry
 from tests.conftest import export_tiny_encoder
 from tests.harness import MemoryTracing, eventually, run_proxy
-from tests.plugins.agents_fixtures import FLIGHTS, HOTELS, Travel, travel
+from tests.plugins.agents_fixtures import FLIGHTS, HOTELS, Travel, config_problems, travel
 
 ASK = [{"role": "user", "content": "a flight to Lisbon and a hotel near the old town"}]
 
@@ -248,41 +245,35 @@ def test_embedding_backend_selects_by_description(trip: Travel, tiny_encoder_dir
     assert not trip.router.prompts
 
 
-def _problems(raw: dict[str, Any]) -> list[str]:
-    with pytest.raises(ConfigError) as raised:
-        parse_config(raw, build_registry(entry_points=False), source="x.yaml")
-    return raised.value.problems
-
-
 def test_config_errors_name_file_path_and_reason(trip: Travel) -> None:
     raw = trip.config()
     listener = raw["listeners"][0]
     unknown = {**raw, "listeners": [{**listener, "agents": [*listener["agents"], {"id": "trains",
                                                                                    "description": "rail"}]}]}
-    assert _problems(unknown) == ["x.yaml: listeners[0].agents[2].id: unknown agent 'trains' (configured in "
+    assert config_problems(unknown) == ["x.yaml: listeners[0].agents[2].id: unknown agent 'trains' (configured in "
                                   "agents: flights, hotels)"]
     no_default = {**raw, "listeners": [{**listener, "agents": [{"id": "flights", "description": "f"},
                                                                {"id": "hotels", "description": "h"}]}]}
-    assert _problems(no_default) == ["x.yaml: listeners[0].agents: no default agent: mark the one that takes "
+    assert config_problems(no_default) == ["x.yaml: listeners[0].agents: no default agent: mark the one that takes "
                                      "requests the router cannot place with default: true"]
     two = {**raw, "listeners": [{**listener, "agents": [{"id": "flights", "description": "f", "default": True},
                                                         {"id": "hotels", "description": "h", "default": True}]}]}
-    assert _problems(two) == ["x.yaml: listeners[0].agents[1].default: only one agent can be the default "
+    assert config_problems(two) == ["x.yaml: listeners[0].agents[1].default: only one agent can be the default "
                               "(agents[0] is)"]
     empty = {**raw, "listeners": [{**listener, "agents": []}]}
-    assert _problems(empty) == ["x.yaml: listeners[0].agents: an agent listener needs at least one agent "
+    assert config_problems(empty) == ["x.yaml: listeners[0].agents: an agent listener needs at least one agent "
                                 "(expected a list of {id, description})"]
     bad_router = {**raw, "listeners": [{**listener, "router": {"backend": "magic", "budget_ms": -1}}]}
-    assert _problems(bad_router) == [
+    assert config_problems(bad_router) == [
         "x.yaml: listeners[0].router.backend: expected one of 'onnx', 'http' or 'embedding', got \"magic\"",
         "x.yaml: listeners[0].router.budget_ms: expected a positive number, got -1"]
     bad_filter = trip.config(hotels_filters=["nope"])
-    (problem,) = _problems(bad_filter)
+    (problem,) = config_problems(bad_filter)
     assert problem.startswith("x.yaml: listeners[0].agents[1].filters[0].name: unknown filter 'nope'")
     on_models = {**raw, "listeners": [{"name": "m", "port": 0, "agents": listener["agents"]}]}
-    assert _problems(on_models) == ["x.yaml: listeners[0].agents: only an agent listener (type: agent) has agents"]
+    assert config_problems(on_models) == ["x.yaml: listeners[0].agents: only an agent listener (type: agent) has agents"]
     bad_url = {**raw, "agents": [{"id": "flights", "url": "localhost:1"}, *raw["agents"][1:]]}
-    assert _problems(bad_url) == ["x.yaml: agents[0].url: expected an http:// or https:// URL, got \"localhost:1\""]
+    assert config_problems(bad_url) == ["x.yaml: agents[0].url: expected an http:// or https:// URL, got \"localhost:1\""]
 
 
 def test_agents_are_not_models(trip: Travel) -> None:

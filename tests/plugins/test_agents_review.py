@@ -16,11 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from core.config_loader import parse_config
-from core.errors import ConfigError
-from core.plugins import build_registry
 from tests.harness import eventually, free_port, open_sockets, run_proxy, serve_app
-from tests.plugins.agents_fixtures import Agent, Travel, travel
+from tests.plugins.agents_fixtures import Agent, Travel, config_problems, travel
 
 ASK = [{"role": "user", "content": "a flight to Lisbon and a hotel near the old town"}]
 
@@ -208,23 +205,17 @@ def test_a_continued_responses_conversation_keeps_the_earlier_agents_answers(tri
                                     "content": trip.flights.text(trip.flights.seen[-1][1])}
 
 
-def _problems(raw: dict[str, Any]) -> list[str]:
-    with pytest.raises(ConfigError) as raised:
-        parse_config(raw, build_registry(entry_points=False), source="x.yaml")
-    return raised.value.problems
-
-
 def test_config_errors_of_agents_and_routers(trip: Travel) -> None:
     raw = trip.config()
     listener = raw["listeners"][0]
     no_router = {**raw, "listeners": [{key: value for key, value in listener.items() if key != "router"}]}
-    assert _problems(no_router) == [
+    assert config_problems(no_router) == [
         "x.yaml: listeners[0].router: needed to select among 2 agents (the routing: section's keys, e.g. "
         "{backend: http, http: {url: ...}})"]
     twice = {**raw, "agents": [*raw["agents"], raw["agents"][0]]}
-    assert _problems(twice) == ["x.yaml: agents[2].id: duplicate agent id 'flights'"]
+    assert config_problems(twice) == ["x.yaml: agents[2].id: duplicate agent id 'flights'"]
     typo = {**raw, "listeners": [{**listener, "router": {**listener["router"], "budgetms": 5}}]}
-    (problem,) = _problems(typo)
+    (problem,) = config_problems(typo)
     assert problem.startswith("x.yaml: listeners[0].router.budgetms: ")
 
 
