@@ -44,7 +44,8 @@ log = logging.getLogger("outerloop.responses")
 class ResponsesCall:
     """A Responses request's state on its flow (``flow.conversation``)."""
 
-    __slots__ = ("request", "form", "store", "previous", "response", "native", "reencoded", "events", "snapshot")
+    __slots__ = ("request", "form", "store", "previous", "response", "native", "reencoded", "events", "snapshot",
+                 "completion")
 
     def __init__(self, request: dict[str, Any], store: ResponseStore) -> None:
         #: The client's body, validated.
@@ -65,6 +66,9 @@ class ResponsesCall:
         self.events = 0
         #: The Response a native stream's lifecycle events last carried, for its ``response.failed``.
         self.snapshot: dict[str, Any] | None = None
+        #: A whole chat completion as the core parsed it (``_whole``), when its bytes pass the adapter unchanged:
+        #: the encoder then need not parse them again.
+        self.completion: dict[str, Any] | None = None
 
     @property
     def stores(self) -> bool:
@@ -173,7 +177,10 @@ class ResponsesOverChat:
         return self.inner.body(flow, chunks)
 
     def whole(self, flow: Flow, body: dict[str, Any], raw: bytes) -> bytes:
-        return self.inner.whole(flow, body, raw)
+        out = self.inner.whole(flow, body, raw)
+        if out is raw:
+            flow.conversation.completion = body
+        return out
 
 
 class NativeResponses:
@@ -281,9 +288,10 @@ class ResponsesEncoder:
     both: the response is stored before the bytes carrying its final event are returned.
     """
 
-    __slots__ = ("flow", "call", "_stream", "_whole", "_finished")
+    __slots__ = ("flow", "call", "_stream", "_whole", "_finished", "_parsed")
 
-    def __init__(self, flow: Flow) -> None:
+    def __init__(self, flow: Flow, unchanged: bool = False) -> None:
+        """``unchanged``: no filter can have changed the bytes since the core parsed them (``completion``)."""
         self.flow = flow
         self.call: ResponsesCall = flow.conversation
         request = self.call.request
@@ -291,6 +299,7 @@ class ResponsesEncoder:
         self._stream = ChatToResponsesStream(request, response_id, int(time.time())) if flow.stream else None
         self._whole = bytearray()
         self._finished = False
+        self._parsed = self.call.completion if unchanged else None
 
     def feed(self, chunk: bytes) -> bytes:
         if self._stream is not None:
@@ -319,16 +328,20 @@ class ResponsesEncoder:
                 raise invalid_response(self.flow, f"the stream cannot be translated: {exc}") from None
             call.response = self._stream.response
         else:
-            try:
-                completion = json.loads(self._whole)
-            except ValueError:
-                raise invalid_response(self.flow, "the answer is not JSON") from None
-            if not isinstance(completion, dict):
-                raise invalid_response(self.flow, "the answer is not a JSON object")
+            completion = self._parsed if self._parsed is not None else self._completion()
             call.response = chat_to_response(completion, call.request, "resp_" + uuid.uuid4().hex, int(time.time()))
             out = encode_json(call.response)
         await call.save(self.flow)
         return out
+
+    def _completion(self) -> dict[str, Any]:
+        try:
+            completion = json.loads(self._whole)
+        except ValueError:
+            raise invalid_response(self.flow, "the answer is not JSON") from None
+        if not isinstance(completion, dict):
+            raise invalid_response(self.flow, "the answer is not a JSON object")
+        return completion
 
     def error_event(self, status: int, message: str, details: str) -> bytes:
         assert self._stream is not None
@@ -361,7 +374,7 @@ async def client_stage(flow: Flow, exchange: Exchange, adapter: Adapter, inspect
         # Filters that look at bodies see chat, as on every other upstream; the answer is encoded again.
         call.reencoded = True
         body = as_chat(flow, body)
-    encoder = ResponsesEncoder(flow)
+    encoder = ResponsesEncoder(flow, unchanged=not inspects)
     if flow.stream:
         exchange.error_event = encoder.error_event
     return body, encoder
